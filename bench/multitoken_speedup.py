@@ -21,23 +21,27 @@ import torch
 RESULTS = Path(__file__).parent / "results" / "multitoken_speedup.json"
 
 
-def stdlib_examples(files: list[Path], count: int, prompt_chars: int, response_chars: int, seed: int):
-    """(question, response) pairs cut from source files: a prompt of code and the code that follows it."""
+def stdlib_examples(files: list[Path], count: int, prompt_chars: int, response_chars: int, seed: int,
+                    per_file: int = 3):
+    """(question, response) pairs cut from source files: a prompt of code and the code that follows it;
+    up to ``per_file`` windows from each file, files in a seeded random order."""
     from mot.multitoken import Example
 
     rng = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(files), generator=rng).tolist()
     out = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
+    for index in order:
+        text = files[index].read_text(encoding="utf-8", errors="replace")
         if len(text) < prompt_chars + response_chars + 10:
             continue
-        start = int(torch.randint(0, len(text) - prompt_chars - response_chars, (1,), generator=rng))
-        start = text.rfind("\n", 0, start) + 1  # start on a line boundary
-        out.append(Example(text[start:start + prompt_chars], text[start + prompt_chars:start + prompt_chars + response_chars],
-                           len(out) + 1))
+        for _ in range(per_file):
+            start = int(torch.randint(0, len(text) - prompt_chars - response_chars, (1,), generator=rng))
+            start = text.rfind("\n", 0, start) + 1  # start on a line boundary
+            out.append(Example(text[start:start + prompt_chars],
+                               text[start + prompt_chars:start + prompt_chars + response_chars], len(out) + 1))
         if len(out) >= count:
             break
-    return out
+    return out[:count]
 
 
 def main() -> None:
@@ -54,8 +58,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--feature-weight", type=float, default=1.0)
-    parser.add_argument("--train-positions", type=int, default=64)
+    parser.add_argument("--feature-weight", type=float, default=0.0)
+    parser.add_argument("--draft-vocab", type=int, default=8192, help="heads score this many frequent tokens (0: all)")
+    parser.add_argument("--no-token-conditioning", action="store_true", help="plain Medusa heads (h_t only)")
+    parser.add_argument("--untie", action="store_true", help="each head trains its own output projection")
+    parser.add_argument("--head-layers", type=int, default=1)
+    parser.add_argument("--threshold", type=float, default=0.0, help="draft a head only while P(accept) >= this")
+    parser.add_argument("--greedy-batch", type=int, default=16)
+    parser.add_argument("--train-positions", type=int, default=0, help="CE on at most this many steps per batch (0: all)")
     parser.add_argument("--prompt-chars", type=int, default=240)
     parser.add_argument("--response-chars", type=int, default=200)
     parser.add_argument("--out", default="runs/bench-multitoken")
@@ -79,25 +89,29 @@ def main() -> None:
     t0 = time.perf_counter()
     backbone, tokenizer = resolve_expert(args.model, dtype=torch.float32)
     load_s = time.perf_counter() - t0
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
     train_files, eval_files = files[::2], files[1::2]  # held out: different files
     train = stdlib_examples(train_files, args.train, args.prompt_chars, args.response_chars, seed=0)
     held_out = stdlib_examples(eval_files, args.eval, args.prompt_chars, args.response_chars, seed=1)
 
     torch.manual_seed(0)
     config = MultiTokenConfig(num_heads=args.heads, k_max=args.k_max, feature_weight=args.feature_weight,
-                              train_positions=args.train_positions)
+                              train_positions=args.train_positions or None, draft_vocab_size=args.draft_vocab or None,
+                              token_conditioning=not args.no_token_conditioning, untie_heads=args.untie,
+                              head_layers=args.head_layers, draft_threshold=args.threshold)
     model = MultiTokenModel(backbone, tokenizer, config, backbone_spec=args.model)
     cfg = CurriculumConfig(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
                            batch_size=args.batch, learning_rate=args.lr, max_length=args.max_length, device="cpu",
                            greedy_max_new_tokens=args.new_tokens, progress=False, log_every=1,
-                           cache_hidden=True)
+                           cache_hidden=True, greedy_batch=args.greedy_batch)
     t0 = time.perf_counter()
     if args.ckpt is None:
         exported = train_curriculum(model, train, args.out, cfg)
         args.ckpt = str(exported["s2"])
     train_s = time.perf_counter() - t0
     model = load_multitoken(args.ckpt, backbone=(backbone, tokenizer))
+    model.config.draft_threshold = args.threshold  # a decoding setting: may differ from the training run's
     trained_on = model.meta.get("metrics", {})
 
     params = GenerationParams(max_new_tokens=args.new_tokens)

@@ -36,7 +36,8 @@ def test_heads_at_init_are_exactly_the_backbone_next_token_predictor(make_model,
     hidden, logits, _ = model.backbone_step(ids)
     assert torch.equal(logits[0], reference)
     for head in range(4):
-        assert torch.equal(model.heads.head_logits(hidden[0], head), reference), head
+        next_token = reference.argmax(-1)  # token-conditioned heads read it; zero-initialised, it changes nothing
+        assert torch.equal(model.heads.head_logits(hidden[0], head, next_token), reference), head
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gemma3_text"])  # gemma3: sliding window 16
@@ -60,7 +61,7 @@ def test_verified_decoding_stays_exact_when_most_drafts_are_accepted(make_model,
     state = {"future": [], "pos": 0, "calls": 0}
     heads = model.heads
 
-    def oracle_drafts(hidden, chain):
+    def oracle_drafts(hidden, chain, next_token=None):
         state["calls"] += 1
         start = state["pos"]
         tokens = state["future"][start + 1:start + 1 + len(chain)]
@@ -98,8 +99,11 @@ def test_k_max_below_heads_limits_the_drafts_and_stays_exact(make_model):
     assert decode(one, PROMPTS[0], GenerationParams(max_new_tokens=MAX_NEW), k=1).token_ids == _reference(one, PROMPTS[0])
 
 
-def test_unverified_decoding_is_labelled_lossy_and_emits_several_tokens_per_pass(make_model):
+def test_unverified_decoding_is_labelled_lossy_and_emits_several_tokens_per_pass(make_model, monkeypatch):
     model = make_model("llama", num_heads=4, k_max=3)
+    # a router that ranks heads 1, 2, 3 in that order: heads 1 and 2 draft at every step
+    monkeypatch.setattr(model.heads, "router_scores",
+                        lambda hidden: torch.tensor([0.0, 3.0, 2.0, 1.0]).expand(*hidden.shape[:-1], 4))
     result = decode(model, PROMPTS[0], GenerationParams(max_new_tokens=30), verify=False)
     assert result.lossy and result.stats.lossy
     assert result.stats.tokens_per_pass >= 2.4  # 1 backbone token + 2 drafts per pass, whatever they are

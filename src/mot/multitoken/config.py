@@ -22,6 +22,8 @@ class MultiTokenConfig:
     k_max: int = 3
     head_layers: int = 1  # residual blocks per head
     untie_heads: bool = False  # True: each head trains its own copy of the LM head (Medusa-1); False: shared, frozen
+    token_conditioning: bool = True  # heads also read the embedding of the next token (t + 1), known when drafting
+    draft_vocab_size: int | None = None  # heads score only this many frequent token ids (None: whole vocabulary)
     router_hidden: int | None = None  # default: the backbone's hidden size
     router_layers: int = 3
     router_dropout: float = 0.0
@@ -47,6 +49,8 @@ class MultiTokenConfig:
             raise UsageError("multitoken: head_layers and router_layers must be >= 1")
         if not 0.0 <= self.draft_threshold <= 1.0:
             raise UsageError(f"multitoken: draft_threshold must be in [0, 1], got {self.draft_threshold}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size < 2:
+            raise UsageError(f"multitoken: draft_vocab_size must be >= 2 (or None), got {self.draft_vocab_size}")
         if self.train_positions is not None and self.train_positions < 1:
             raise UsageError(f"multitoken: train_positions must be >= 1, got {self.train_positions}")
         for name in ("ce_weight", "feature_weight", "bce_weight", "balance_weight", "entropy_weight",
@@ -63,4 +67,6 @@ class MultiTokenConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"multitoken config: unknown keys {unknown}; known keys are {sorted(known)}")
+        if "token_conditioning" not in data:  # checkpoints from before the option: plain Medusa heads
+            data = {**data, "token_conditioning": False}
         return cls(**data)

@@ -19,7 +19,7 @@ from mot.errors import UsageError
 from mot.multitoken.data import Example, SequenceDataset
 from mot.multitoken.io import META_FILE, backbone_reference, read_meta, save_multitoken, write_metadata
 from mot.multitoken.model import MultiTokenModel
-from mot.multitoken.stages import MultiTokenTask, greedy_continuations
+from mot.multitoken.stages import MultiTokenTask, choose_draft_vocab, greedy_continuations
 
 __all__ = ["CurriculumConfig", "train_curriculum"]
 
@@ -41,6 +41,7 @@ class CurriculumConfig:
     seed: int = 0
     device: str = "auto"  # where the heads train (the backbone stays where it was loaded)
     greedy_max_new_tokens: int | None = None  # cap on stage 2's self-distilled continuations
+    greedy_batch: int = 16  # prompts per batched generate() when making them
     log_every: int = 10
     progress: bool = True
     save_backbone: bool = False
@@ -116,6 +117,19 @@ def train_curriculum(
                    "head_layers": str(model.config.head_layers)}
     exported: dict[str, Path] = {}
 
+    def attach_greedy() -> None:
+        for dataset, label in ((train, "train"), (val, "val")):
+            if dataset is not None and not dataset.has_greedy:
+                dataset.set_greedy(greedy_continuations(
+                    model, dataset, max_new_tokens=cfg.greedy_max_new_tokens, batch_size=cfg.greedy_batch,
+                    cache_file=out / "stage2" / f"greedy_{label}.safetensors", progress=cfg.progress))
+
+    if model.heads.subset and not (out / STAGE_DIRS[1] / META_FILE).is_file():
+        # the draft vocabulary: the most frequent tokens of what verification will accept
+        attach_greedy()
+        model.heads.set_draft_vocab(choose_draft_vocab(train, model.heads.vocab_ids.numel(), model.eos_token_ids,
+                                                       model.heads.vocab_size))
+
     for stage, epochs in ((1, cfg.stage1_epochs), (2, cfg.stage2_epochs)):
         name = STAGE_DIRS[stage]
         target = out / name
@@ -126,11 +140,7 @@ def train_curriculum(
             continue
         metrics: dict[str, Any] = {"epochs": epochs}
         if stage == 2:
-            for dataset, label in ((train, "train"), (val, "val")):
-                if dataset is not None:
-                    dataset.set_greedy(greedy_continuations(
-                        model, dataset, max_new_tokens=cfg.greedy_max_new_tokens,
-                        cache_file=out / "stage2" / f"greedy_{label}.safetensors", progress=cfg.progress))
+            attach_greedy()
         if epochs > 0:
             metrics.update(_run_stage(model, stage, cfg, train, val, out, epochs, fingerprint))
         exported[name] = save_multitoken(model, target, stage=name, metrics=metrics, save_backbone=cfg.save_backbone)
@@ -143,9 +153,7 @@ def train_curriculum(
         if (target / META_FILE).is_file():
             _load_stage(model, target)
         else:
-            if not train.has_greedy:
-                train.set_greedy(greedy_continuations(model, train, max_new_tokens=cfg.greedy_max_new_tokens,
-                                                      cache_file=out / "stage2" / "greedy_train.safetensors"))
+            attach_greedy()
             ppo_cfg = PPOConfig(**{"steps": cfg.ppo_steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
                                    "save_every": cfg.save_every, **cfg.ppo})
             metrics = train_ppo(model, train, out / "ppo", ppo_cfg, progress=cfg.progress)

@@ -148,9 +148,12 @@ def decode_tokens(
             return
         chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
         if params.greedy:
-            drafts = heads.draft_tokens(last_hidden, chain)
+            drafts = heads.draft_tokens(last_hidden, chain, next_token)
+        elif chain:
+            rows = heads.draft_logits(last_hidden, chain, next_token)
+            drafts = heads.token_ids(torch.tensor([picker.pick(row) for row in rows])).tolist()
         else:
-            drafts = [picker.pick(heads.head_logits(last_hidden, h)) for h in chain]
+            drafts = []
         feed = torch.tensor([[next_token, *drafts]], dtype=torch.long)
         hidden, logits, cache = model.backbone_step(feed, cache)
         stats.backbone_passes += 1

@@ -22,20 +22,34 @@ __all__ = ["HeadStack", "MultiTokenModel", "ResidualHead", "active_heads"]
 
 
 class ResidualHead(nn.Module):
-    """``num_layers`` blocks ``x + SiLU(W x + b)``; ``W`` and ``b`` start at zero (identity at init)."""
+    """``num_layers`` blocks ``x + SiLU(W x + b)``; ``W`` and ``b`` start at zero (identity at init).
 
-    def __init__(self, hidden_size: int, num_layers: int, lm_weight: torch.Tensor | None = None):
+    With ``embed_size`` the first block also reads the embedding ``e`` of the next token (``t + 1``, which
+    the backbone has just chosen when the heads draft): ``x + SiLU(W x + U e + b)``, ``U`` zero at init too.
+    Knowing that token is what lets a head reason about ``t + 2`` and beyond rather than re-guess ``t + 1``.
+    """
+
+    def __init__(self, hidden_size: int, num_layers: int, lm_weight: torch.Tensor | None = None,
+                 embed_size: int | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers))
         for block in self.blocks:
             nn.init.zeros_(block.weight)
             nn.init.zeros_(block.bias)
+        self.token_proj = nn.Linear(embed_size, hidden_size, bias=False) if embed_size else None
+        if self.token_proj is not None:
+            nn.init.zeros_(self.token_proj.weight)
         # Untied heads own a trainable copy of the LM head (Medusa-1); tied heads use the frozen one.
         self.lm_weight = nn.Parameter(lm_weight.detach().clone()) if lm_weight is not None else None
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            hidden = hidden + F.silu(block(hidden))
+    def forward(self, hidden: torch.Tensor, token_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            pre = block(hidden)
+            if i == 0 and self.token_proj is not None:
+                if token_embedding is None:
+                    raise ValueError("this head reads the next token's embedding: pass the next token")
+                pre = pre + self.token_proj(token_embedding)
+            hidden = hidden + F.silu(pre)
         return hidden
 
 
@@ -52,10 +66,19 @@ def active_heads(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class HeadStack(nn.Module):
-    """Everything trainable: ``heads`` (1..H-1) and ``router``.  The LM head rides along frozen and is not
-    saved (non-persistent buffers): it belongs to the backbone, which checkpoints reference by fingerprint."""
+    """Everything trainable: ``heads`` (1..H-1) and ``router``.  The LM head (and, for token-conditioned
+    heads, the input embeddings) ride along frozen and are not saved (non-persistent buffers): they belong
+    to the backbone, which checkpoints reference by fingerprint.
 
-    def __init__(self, config: MultiTokenConfig, lm_head: nn.Module, *, softcap: float | None = None):
+    Draft vocabulary: with ``config.draft_vocab_size`` the heads ``1..H-1`` score only that many token ids
+    (``vocab_ids``, chosen from the training targets by :meth:`set_draft_vocab` and saved with the heads).
+    A draft outside it is never proposed; verification is unchanged, so the output is still exactly the
+    backbone's, while drafting and training cost a fraction of a full-vocabulary projection.  Head 0 (the
+    backbone's own LM head) always scores the whole vocabulary.
+    """
+
+    def __init__(self, config: MultiTokenConfig, lm_head: nn.Module, *, softcap: float | None = None,
+                 embeddings: nn.Module | None = None):
         super().__init__()
         self.config = config
         weight = lm_head.weight
@@ -65,9 +88,23 @@ class HeadStack(nn.Module):
         self.register_buffer("lm_weight", weight.detach(), persistent=False)
         bias = getattr(lm_head, "bias", None)
         self.register_buffer("lm_bias", bias.detach() if bias is not None else None, persistent=False)
+        embed_size = None
+        if config.token_conditioning:
+            if embeddings is None or not hasattr(embeddings, "weight"):
+                raise ValueError("token_conditioning needs the backbone's input embeddings")
+            self.register_buffer("embed_weight", embeddings.weight.detach(), persistent=False)
+            embed_size = embeddings.weight.shape[1]
+        else:
+            self.register_buffer("embed_weight", None, persistent=False)
         self.softcap = softcap
+        draft_size = config.draft_vocab_size
+        self.subset = draft_size is not None and draft_size < self.vocab_size
+        # token ids the heads score (arange until set_draft_vocab chooses them)
+        self.register_buffer("vocab_ids", torch.arange(draft_size if self.subset else 0, dtype=torch.long))
+        rows = draft_size if self.subset else self.vocab_size
         self.heads = nn.ModuleList(
-            ResidualHead(hidden_size, config.head_layers, weight if config.untie_heads else None)
+            ResidualHead(hidden_size, config.head_layers, weight[:rows] if config.untie_heads else None,
+                         embed_size=embed_size)
             for _ in range(config.num_heads - 1)
         )
         self.router = build_router(
@@ -75,25 +112,89 @@ class HeadStack(nn.Module):
             hidden_dim=config.router_hidden or hidden_size, num_layers=config.router_layers,
             dropout=config.router_dropout,
         )
+        self._shared: tuple | None = None  # (key, weight, bias, index) for the draft vocabulary
 
     @property
     def num_heads(self) -> int:
         return self.config.num_heads
 
-    def _project(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, weight.to(hidden.dtype), None if self.lm_bias is None else self.lm_bias.to(hidden.dtype))
+    # ------------------------------------------------------------------------------ draft vocabulary
+
+    @torch.no_grad()
+    def set_draft_vocab(self, token_ids: torch.Tensor) -> None:
+        """Make ``token_ids`` (``draft_vocab_size`` distinct ids) the heads' vocabulary; untied heads copy
+        those rows of the LM head."""
+        if not self.subset:
+            return
+        token_ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+        if token_ids.numel() != self.vocab_ids.numel() or token_ids.unique().numel() != token_ids.numel():
+            raise ValueError(f"the draft vocabulary needs {self.vocab_ids.numel()} distinct token ids")
+        self.vocab_ids.copy_(token_ids.to(self.vocab_ids.device))
+        for head in self.heads:
+            if head.lm_weight is not None:
+                head.lm_weight.copy_(self.lm_weight[self.vocab_ids].to(head.lm_weight))
+
+    def _draft_vocab(self):
+        """``(weight [Vd, D], bias, index [V] token id -> row or -1)`` of the draft vocabulary, cached."""
+        key = (self.vocab_ids._version, self.vocab_ids.data_ptr(), self.lm_weight.data_ptr(), self.lm_weight.dtype,
+               self.lm_weight.device)
+        if self._shared is None or self._shared[0] != key:
+            ids = self.vocab_ids
+            index = torch.full((self.vocab_size,), -1, dtype=torch.long, device=ids.device)
+            index[ids] = torch.arange(ids.numel(), device=ids.device)
+            bias = None if self.lm_bias is None else self.lm_bias[ids]
+            self._shared = (key, self.lm_weight[ids], bias, index)
+        return self._shared[1:]
+
+    def token_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """Token ids of rows of a head's logits (heads 1..H-1)."""
+        return self.vocab_ids[rows] if self.subset else rows
+
+    def vocab_rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of a head's logits for ``token_ids``; ``-100`` where a token is outside the draft vocabulary
+        (and where the input was already ``-100``)."""
+        if not self.subset:
+            return token_ids
+        index = self._draft_vocab()[2]
+        rows = index[token_ids.clamp_min(0)]
+        return torch.where((token_ids >= 0) & (rows >= 0), rows, torch.full_like(rows, -100))
+
+    # ------------------------------------------------------------------------------------- forward
+
+    def _project(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        logits = F.linear(hidden, weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype))
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def head_logits(self, hidden: torch.Tensor, head: int) -> torch.Tensor:
-        """``[..., V]`` logits of ``head`` for the token at offset ``head`` after the next one."""
+    def _output(self, head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        own = self.heads[head - 1].lm_weight
+        if self.subset:
+            weight, bias, _ = self._draft_vocab()
+            return (own if own is not None else weight), bias
+        return (own if own is not None else self.lm_weight), self.lm_bias
+
+    def head_state(self, hidden: torch.Tensor, head: int, next_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Head ``head``'s state (before its output projection) for hidden states ``[..., D]``."""
         hidden = hidden.to(self.lm_weight.dtype)
+        embedding = None
+        if self.embed_weight is not None:
+            if next_token is None:
+                raise ValueError("these heads read the next token: pass next_token")
+            embedding = F.embedding(torch.as_tensor(next_token, device=hidden.device),
+                                    self.embed_weight).to(hidden.dtype)
+        return self.heads[head - 1](hidden, embedding)
+
+    def head_logits(self, hidden: torch.Tensor, head: int, next_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``head`` for the token at offset ``head`` after the next one.  Head 0 is the backbone's
+        LM head over the whole vocabulary; heads ``h >= 1`` score their vocabulary (see :meth:`token_ids`).
+        ``next_token`` (the token at ``t + 1``, shape ``hidden.shape[:-1]``) is needed by token-conditioned
+        heads."""
         if head == 0:
-            return self._project(hidden, self.lm_weight)
-        block = self.heads[head - 1]
-        weight = block.lm_weight if block.lm_weight is not None else self.lm_weight
-        return self._project(block(hidden), weight)
+            hidden = hidden.to(self.lm_weight.dtype)
+            return self._project(hidden, self.lm_weight, self.lm_bias)
+        weight, bias = self._output(head)
+        return self._project(self.head_state(hidden, head, next_token), weight, bias)
 
     def router_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., H]`` raw router scores (activation logits) for hidden states ``[..., D]``."""
@@ -107,10 +208,10 @@ class HeadStack(nn.Module):
         k = self.config.k_max if k is None else min(k, self.config.k_max)
         scores = self.router_scores(hidden[None])[0]
         active = set(active_heads(scores[None], k)[0].tolist())
-        probs = torch.sigmoid(scores.float())
+        probs = torch.sigmoid(scores.float()).tolist()
         chain: list[int] = []
         for head in range(1, self.num_heads):
-            if head not in active or probs[head].item() < self.config.draft_threshold:
+            if head not in active or probs[head] < self.config.draft_threshold:
                 break
             if limit is not None and len(chain) >= limit:
                 break
@@ -118,9 +219,22 @@ class HeadStack(nn.Module):
         return chain
 
     @torch.no_grad()
-    def draft_tokens(self, hidden: torch.Tensor, chain: list[int]) -> list[int]:
+    def draft_logits(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None) -> torch.Tensor:
+        """``[len(chain), V_heads]`` logits of the heads in ``chain`` for one hidden state ``[D]``: one output
+        projection for all of them when they share the LM head."""
+        token = None if next_token is None else torch.tensor(int(next_token))
+        states = [self.head_state(hidden, head, token) for head in chain]
+        if self.config.untie_heads:
+            return torch.stack([self._project(s, *self._output(h)) for s, h in zip(states, chain, strict=True)])
+        weight, bias = self._output(chain[0])
+        return self._project(torch.stack(states), weight, bias)
+
+    @torch.no_grad()
+    def draft_tokens(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None) -> list[int]:
         """Greedy token of each head in ``chain`` for one hidden state ``[D]``."""
-        return [int(self.head_logits(hidden, head).argmax(-1)) for head in chain]
+        if not chain:
+            return []
+        return self.token_ids(self.draft_logits(hidden, chain, next_token).argmax(-1)).tolist()
 
 
 class MultiTokenModel:
@@ -149,7 +263,8 @@ class MultiTokenModel:
         if lm_head is None or not hasattr(lm_head, "weight"):
             raise ValueError(f"{type(backbone).__name__} has no output embedding (LM head) to build heads on")
         if heads is None:
-            heads = HeadStack(config, lm_head, softcap=getattr(backbone.config, "final_logit_softcapping", None))
+            heads = HeadStack(config, lm_head, softcap=getattr(backbone.config, "final_logit_softcapping", None),
+                              embeddings=backbone.get_input_embeddings())
         self.heads = heads.to(self.heads_device)
         if self.heads.lm_weight.dtype != torch.float32:
             # half-precision or quantized backbones: the heads (fp32) work on a float32 copy of the LM head

@@ -23,7 +23,7 @@ from mot.multitoken.data import SequenceDataset, collate_sequences, step_targets
 from mot.multitoken.model import MultiTokenModel, active_heads
 from mot.routing import budget_loss, entropy_loss, load_balancing_loss
 
-__all__ = ["MultiTokenTask", "active_count", "greedy_continuations"]
+__all__ = ["MultiTokenTask", "active_count", "choose_draft_vocab", "greedy_continuations"]
 
 
 def active_count(num_heads: int, k_max: int, progress: float) -> int:
@@ -146,7 +146,8 @@ class MultiTokenTask:
             for head in range(1, num_heads):
                 use = (labels[:, head] >= 0) & active[:, head]
                 if use.any():
-                    feature = F.smooth_l1_loss(heads.heads[head - 1](hidden[use]), future[use, head])
+                    feature = F.smooth_l1_loss(heads.head_state(hidden[use], head, labels[use, 0]),
+                                               future[use, head])
                     feature_total, trained = feature_total + feature, trained + 1
                     metrics[f"feature/head_{head}"] = feature.item()
             loss = loss + cfg.feature_weight * feature_total / max(trained, 1)
@@ -157,17 +158,18 @@ class MultiTokenTask:
             hidden, labels, active, scores = hidden[pick], labels[pick], active[pick], scores[pick]
         correct = torch.zeros_like(labels, dtype=torch.bool)
         correct[:, 0] = True
+        rows = heads.vocab_rows(labels)  # targets as rows of the heads' (draft) vocabulary
         ce_total, trained = hidden.new_zeros(()), 0
         for head in range(1, num_heads):
             valid = labels[:, head] >= 0
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ce_weight > 0):
-                logits = heads.head_logits(hidden, head)
+                logits = heads.head_logits(hidden, head, labels[:, 0])
             with torch.no_grad():
-                correct[:, head] = (logits.argmax(-1) == labels[:, head]) & valid
+                correct[:, head] = (logits.argmax(-1) == rows[:, head]) & (rows[:, head] >= 0)
                 metrics[f"acc/head_{head}"] = (correct[valid, head].float().mean().item() if valid.any() else 0.0)
-            use = valid & active[:, head]
+            use = (rows[:, head] >= 0) & active[:, head]
             if use.any() and cfg.ce_weight > 0:
-                ce = F.cross_entropy(logits[use], labels[use, head])
+                ce = F.cross_entropy(logits[use], rows[use, head])
                 ce_total, trained = ce_total + ce, trained + 1
                 metrics[f"ce/head_{head}"] = ce.item()
         ce_loss = ce_total / max(trained, 1)
@@ -213,12 +215,13 @@ class MultiTokenTask:
                 continue
             correct = torch.zeros_like(labels, dtype=torch.bool)
             correct[:, 0] = True
+            rows = heads.vocab_rows(labels)
             for head in range(1, num_heads):
-                valid = labels[:, head] >= 0
-                logits = heads.head_logits(hidden, head)
-                correct[:, head] = (logits.argmax(-1) == labels[:, head]) & valid
+                valid = rows[:, head] >= 0
+                logits = heads.head_logits(hidden, head, labels[:, 0])
+                correct[:, head] = (logits.argmax(-1) == rows[:, head]) & valid
                 if valid.any():
-                    ce_sum += F.cross_entropy(logits[valid], labels[valid, head], reduction="sum").item()
+                    ce_sum += F.cross_entropy(logits[valid], rows[valid, head], reduction="sum").item()
                     ce_count += int(valid.sum())
             active = torch.zeros_like(labels, dtype=torch.bool)
             active.scatter_(1, active_heads(heads.router_scores(hidden), k), True)
@@ -233,38 +236,81 @@ class MultiTokenTask:
 
 @torch.no_grad()
 def greedy_continuations(model: MultiTokenModel, dataset: SequenceDataset, *, max_new_tokens: int | None = None,
-                         cache_file: Path | None = None, progress: bool = False) -> list[torch.Tensor]:
+                         cache_file: Path | None = None, progress: bool = False,
+                         batch_size: int = 16) -> list[torch.Tensor]:
     """The backbone's greedy continuation of every example's question, as long as its response (or
-    ``max_new_tokens``).  Uses verified multi-token decoding: exactly ``generate()``'s tokens, faster once the
-    heads are trained.  Cached in ``cache_file`` (keyed by the number of examples and lengths)."""
+    ``max_new_tokens``), ending at its first EOS.  Batched ``generate(do_sample=False)`` over left-padded
+    prompts of similar budgets: the padded batch can differ from an unpadded run by rounding in rare
+    near-ties, which does not matter for training targets.  Cached in ``cache_file``."""
     from safetensors.torch import load_file, save_file
-
-    from mot.generation import GenerationParams
-    from mot.multitoken.decoding import decode_tokens
 
     if cache_file is not None and Path(cache_file).is_file():
         stored = load_file(str(cache_file))
         if len(stored) == len(dataset):
             return [stored[str(i)] for i in range(len(dataset))]
-    was_training = model.heads.training
-    model.heads.eval()
-    out: list[torch.Tensor] = []
-    iterator = range(len(dataset))
+    eos = model.eos_token_ids
+    pad = int(getattr(model.tokenizer, "pad_token_id", None) or (min(eos) if eos else 0))
+    budgets = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        budget = len(item["input_ids"]) - item["prompt_length"]
+        budgets.append(budget if max_new_tokens is None else min(budget, max_new_tokens))
+    order = sorted(range(len(dataset)), key=lambda i: (budgets[i], dataset[i]["prompt_length"]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if progress:
         from rich.progress import track
 
-        iterator = track(iterator, description="greedy targets")
-    for i in iterator:
-        item = dataset[i]
-        prompt = item["input_ids"][: item["prompt_length"]][None]
-        budget = len(item["input_ids"]) - item["prompt_length"]
-        if max_new_tokens is not None:
-            budget = min(budget, max_new_tokens)
-        tokens = list(decode_tokens(model, prompt, GenerationParams(max_new_tokens=budget)))
-        out.append(torch.tensor(tokens, dtype=torch.long))
-    model.heads.train(was_training)
+        batches = track(batches, description="greedy targets")
+    out: dict[int, torch.Tensor] = {}
+    for batch in batches:
+        prompts = [dataset[i]["input_ids"][: dataset[i]["prompt_length"]] for i in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = prompt
+            attention[row, width - len(prompt):] = 1
+        budget = max(budgets[i] for i in batch)
+        if budget > 0:
+            generated = model.backbone.generate(
+                input_ids=ids.to(model.backbone_device), attention_mask=attention.to(model.backbone_device),
+                do_sample=False, max_new_tokens=budget, pad_token_id=pad)[:, width:].cpu()
+        else:
+            generated = torch.zeros((len(batch), 0), dtype=torch.long)
+        for row, i in enumerate(batch):
+            tokens = generated[row, : budgets[i]].tolist()
+            for j, token in enumerate(tokens):
+                if token in eos:
+                    tokens = tokens[: j + 1]
+                    break
+            out[i] = torch.tensor(tokens, dtype=torch.long)
+    result = [out[i] for i in range(len(dataset))]
     if cache_file is not None:
         Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        save_file({str(i): t for i, t in enumerate(out)}, str(cache_file))
-        (Path(cache_file).with_suffix(".json")).write_text(json.dumps({"examples": len(out)}))
-    return out
+        save_file({str(i): t for i, t in enumerate(result)}, str(cache_file))
+        (Path(cache_file).with_suffix(".json")).write_text(json.dumps({"examples": len(result)}))
+    return result
+
+
+def choose_draft_vocab(dataset: SequenceDataset, size: int, always: set[int] | frozenset[int] = frozenset(),
+                       vocab_size: int | None = None) -> torch.Tensor:
+    """The ``size`` most frequent tokens of the training targets (greedy continuations when attached, else
+    responses), the ``always`` ids (EOS) included; ties broken by token id."""
+    counts: dict[int, int] = {}
+    for item in dataset.items:
+        ids = item.get("greedy_ids", item["input_ids"])[item["prompt_length"]:]
+        for token in ids.tolist():
+            counts[token] = counts.get(token, 0) + 1
+    ranked = sorted(counts, key=lambda t: (-counts[t], t))
+    chosen = [t for t in always if vocab_size is None or t < vocab_size]
+    for token in ranked:
+        if len(chosen) >= size:
+            break
+        if token not in chosen:
+            chosen.append(token)
+    filler = 0
+    while len(chosen) < size:  # fewer distinct targets than the vocabulary size: pad with unused ids
+        if filler not in chosen:
+            chosen.append(filler)
+        filler += 1
+    return torch.tensor(chosen[:size], dtype=torch.long)
