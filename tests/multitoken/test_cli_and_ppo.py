@@ -30,7 +30,7 @@ def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_exper
     result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(out),
                                  "--heads", "3", "--k_max", "2", "--stage1_epochs", "1", "--stage2_epochs", "1",
                                  "--ppo_steps", "2", "--batch", "4", "--lr", "1e-3", "--quant", "none",
-                                 "--max-length", "32"])
+                                 "--max-length", "32", "--draft-vocab", "64"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert all((out / name / "moe_meta.json").is_file() for name in ("s1", "s2", "ppo_final"))
 

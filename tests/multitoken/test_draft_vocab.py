@@ -81,3 +81,21 @@ def test_trained_draft_vocab_is_saved_and_reloaded(make_model, load_tiny, tmp_pa
     assert torch.equal(reloaded.heads.vocab_ids, chosen)
     for prompt in PROMPTS[:3]:
         assert decode(reloaded, prompt, GenerationParams(max_new_tokens=12)).token_ids == _reference(reloaded, prompt, 12)
+
+
+def test_unverified_decoding_with_filler_rows_matches_no_fillers(make_model, monkeypatch):
+    """A feed padded with filler rows (CPU speed) emits the same lossy tokens as an unpadded one."""
+    for family in ("llama", "gemma3_text"):
+        model = make_model(family, num_heads=3, k_max=3)
+        _perturb_heads(model)
+        monkeypatch.setattr(model.heads, "router_scores",
+                            lambda hidden: torch.tensor([0.0, 2.0, 1.0]).expand(*hidden.shape[:-1], 3))
+        from mot.multitoken.decoding import decode_tokens
+
+        ids = model.encode(PROMPTS[2])
+        params = GenerationParams(max_new_tokens=20)
+        padded = list(decode_tokens(model, ids, params, verify=False, min_feed=4))
+        plain = list(decode_tokens(model, ids, params, verify=False, min_feed=1))
+        assert padded == plain and len(padded) == 20
+        exact = list(decode_tokens(model, ids, params, min_feed=4))
+        assert exact == _reference(model, PROMPTS[2], 20)

@@ -46,6 +46,10 @@ def train(
     save_every: int = typer.Option(5000, "--save-every", help="Step checkpoints (resume points)."),
     untie_heads: bool = typer.Option(False, "--untie-heads/--tie-heads",
                                      help="Give each head its own trainable copy of the LM head."),
+    token_conditioning: bool = typer.Option(True, "--token-conditioning/--no-token-conditioning",
+                                            help="Heads also read the next token's embedding (known when drafting)."),
+    draft_vocab: int = typer.Option(0, "--draft-vocab",
+                                    help="Heads score only this many frequent target tokens (0: whole vocabulary)."),
     dtype: str = typer.Option("float32", "--dtype", help="Backbone dtype: float32|bfloat16|float16."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -61,7 +65,10 @@ def train(
     from mot.multitoken.model import MultiTokenModel
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = MultiTokenConfig(num_heads=heads, k_max=k_max, untie_heads=untie_heads)
+    if draft_vocab < 0:
+        raise UsageError(f"--draft-vocab must be >= 0 (0: whole vocabulary), got {draft_vocab}")
+    config = MultiTokenConfig(num_heads=heads, k_max=k_max, untie_heads=untie_heads,
+                              token_conditioning=token_conditioning, draft_vocab_size=draft_vocab or None)
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     examples = read_jsonl(data)

@@ -22,6 +22,8 @@ import torch
 from mot.generation import GenerationParams, Message, first_stop
 from mot.multitoken.model import MultiTokenModel
 
+CPU_MIN_FEED = 4
+
 __all__ = ["DecodeResult", "DecodeStats", "MultiTokenGenerator", "decode", "decode_tokens", "warp_probs"]
 
 
@@ -121,11 +123,13 @@ def decode_tokens(
     verify: bool = True,
     k: int | None = None,
     stats: DecodeStats | None = None,
+    min_feed: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one by one as they are produced (several may come from one backbone pass).
 
     ``input_ids`` is ``[1, P]`` (one prompt).  Stops after an EOS token or ``params.max_new_tokens``.
-    ``k`` lowers the number of active heads below the checkpoint's ``k_max``.
+    ``k`` lowers the number of active heads below the checkpoint's ``k_max``.  ``min_feed``: a verification
+    pass feeds at least this many tokens (default: 4 on CPU, 1 elsewhere); the fillers never reach the output.
     """
     stats = stats if stats is not None else DecodeStats()
     stats.lossy = stats.lossy or not verify
@@ -134,6 +138,8 @@ def decode_tokens(
     if params.max_new_tokens == 0:
         return
     heads, eos = model.heads, model.eos_token_ids
+    if min_feed is None:
+        min_feed = CPU_MIN_FEED if model.backbone_device.type == "cpu" else 1
     picker = _Picker(params, model.heads_device)
     hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model))
     cache.crop(0)  # sliding-window layers drop what the window no longer needs
@@ -154,7 +160,12 @@ def decode_tokens(
             drafts = heads.token_ids(torch.tensor([picker.pick(row) for row in rows])).tolist()
         else:
             drafts = []
-        feed = torch.tensor([[next_token, *drafts]], dtype=torch.long)
+        # Filler rows (copies of the last token, cropped right after) bring a short feed up to
+        # ``min_feed``: on CPU, fp32 GEMMs of 2-3 rows take a slower path than 4 (SmolLM2's LM head: 2 rows
+        # ~1.9x and 3 rows ~3.8x the time of 4 rows), so the padded pass is the cheaper one.
+        feed_tokens = [next_token, *drafts]
+        filler = max(0, min_feed - len(feed_tokens)) if drafts else 0
+        feed = torch.tensor([feed_tokens + feed_tokens[-1:] * filler], dtype=torch.long)
         hidden, logits, cache = model.backbone_step(feed, cache)
         stats.backbone_passes += 1
         for head in chain:
@@ -166,8 +177,9 @@ def decode_tokens(
                 stats.new_tokens += 1
                 if token in eos or produced >= params.max_new_tokens:
                     return
-            cache.crop(0)
-            last_hidden, next_token = hidden[0, -1], picker.pick(logits[0, -1])
+            cache.crop(-filler)  # one crop per pass (crop(0) keeps all: sliding windows settle)
+            last = len(feed_tokens) - 1
+            last_hidden, next_token = hidden[0, last], picker.pick(logits[0, last])
             continue
         accepted, correction = _verify(drafts, logits[0], picker)
         for j in range(accepted):
@@ -179,7 +191,7 @@ def decode_tokens(
             if token in eos or produced >= params.max_new_tokens:
                 return
         # keep the fed token and the accepted drafts; the rejected drafts' keys and values go
-        cache.crop(-(len(drafts) - accepted))
+        cache.crop(-(len(drafts) - accepted + filler))  # one crop: sliding-window layers allow one per pass
         last_hidden, next_token = hidden[0, accepted], correction
 
 

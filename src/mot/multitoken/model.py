@@ -227,7 +227,10 @@ class HeadStack(nn.Module):
         if self.config.untie_heads:
             return torch.stack([self._project(s, *self._output(h)) for s, h in zip(states, chain, strict=True)])
         weight, bias = self._output(chain[0])
-        return self._project(torch.stack(states), weight, bias)
+        stacked = torch.stack(states)
+        if stacked.device.type == "cpu" and len(chain) in (2, 3):  # CPU GEMMs of 2-3 rows are slower than 4
+            stacked = torch.cat([stacked, stacked.new_zeros(4 - len(chain), stacked.shape[1])])
+        return self._project(stacked, weight, bias)[: len(chain)]
 
     @torch.no_grad()
     def draft_tokens(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None) -> list[int]:
