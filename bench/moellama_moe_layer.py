@@ -1,11 +1,17 @@
 """moellama's MoE layer (8 experts, top-2) forward+backward vs a dense SwiGLU FFN with the same
 active parameters (hidden = top_k * ffn_dim), at 4k tokens.  Target: MoE <= 1.3x dense.
 
-Also times the dispatch alternatives for the experts (same routing): ``grouped_mm`` (what the model
-uses: no host sync), ``padded_bmm`` (capacity = max count: one ``.item()`` host sync, padding FLOPs)
-and ``loop`` (one ``.tolist()`` sync, one Python iteration per expert).
+Also times the dispatch alternatives for the experts (same routing): ``sorted_mm`` (the model's
+CPU path: one custom autograd node, one ``mm`` per expert segment, hand-written backward; one
+``.tolist()`` host sync), ``grouped_mm`` (the model's CUDA path: no host sync), ``padded_bmm``
+(capacity = max count: one ``.item()`` host sync, padding FLOPs) and ``loop`` (plain autograd, one
+Python iteration per expert).
 
-    .venv/bin/python bench/moellama_moe_layer.py [--device cpu|cuda] [--tokens 4096] [--dim 512]
+The dense baseline is a plain SwiGLU with gate and up fused into one ``nn.Linear`` [d -> 2*hidden]
+(the same fusion the experts use), SiLU(gate) * up, then ``nn.Linear`` down.  MoE and dense are
+timed alternately (A B A B ...), medians, so load from other work on a shared machine hits both alike.
+
+    .venv/bin/python bench/moellama_moe_layer.py [--device cpu|cuda] [--threads 1] [--tokens 4096] [--dim 512]
 
 Writes bench/results/moellama_moe_layer.json (all numbers from this one run).
 """
@@ -42,17 +48,20 @@ def padded_bmm(experts: ml.Experts, x, indices, weights):
     return torch.zeros_like(x).index_add_(0, token, out)
 
 
-def timed(fn, reps: int, sync) -> float:
-    for _ in range(3):
-        fn()
+def timed(fns: dict, reps: int, sync) -> dict[str, float]:
+    """Median seconds of each function, run in alternation after warm-ups."""
+    for _ in range(2):
+        for fn in fns.values():
+            fn()
     sync()
-    times = []
+    times = {k: [] for k in fns}
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -63,9 +72,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--ffn-dim", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--compile", action="store_true", help="torch.compile both layers (fuses the small ops)")
     ap.add_argument("--out", default="bench/results/moellama_moe_layer.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -87,28 +99,38 @@ def main() -> None:
             out.backward(grad)
         return run
 
-    results = {"moe_layer": timed(step(timed_moe), args.reps, sync),
-               "dense_swiglu": timed(step(timed_dense), args.reps, sync)}
+    results = timed({"moe_layer": step(timed_moe), "dense_swiglu": step(timed_dense)}, args.reps, sync)
 
     with torch.no_grad():
         decision = moe.router(x.detach()[0].float().to(dtype))
     xs = x.detach()[0].clone().requires_grad_()
     g2 = torch.randn_like(xs)
-    dispatch = {
-        "grouped_mm": lambda: moe.experts(xs, decision.indices, decision.weights.to(dtype)).backward(g2),
-        "padded_bmm": lambda: padded_bmm(moe.experts, xs, decision.indices, decision.weights.to(dtype)).backward(g2),
-    }
-    real = ml._use_grouped_mm
-    for name, fn in dispatch.items():
-        results[f"experts_{name}"] = timed(fn, args.reps, sync)
-    ml._use_grouped_mm = lambda t: False
-    results["experts_loop"] = timed(dispatch["grouped_mm"], args.reps, sync)
-    ml._use_grouped_mm = real
+    real = ml._experts_backend
+
+    def with_backend(name):
+        def run():
+            ml._experts_backend = lambda t: name
+            try:
+                moe.experts(xs, decision.indices, decision.weights.to(dtype)).backward(g2)
+            finally:
+                ml._experts_backend = real
+        return run
+
+    dispatch = {name: with_backend(name) for name in ("sorted_mm", "grouped_mm", "loop")}
+    dispatch["padded_bmm"] = lambda: padded_bmm(moe.experts, xs, decision.indices,
+                                                decision.weights.to(dtype)).backward(g2)
+    if not hasattr(torch, "_grouped_mm"):
+        del dispatch["grouped_mm"]
+    for name, t in timed(dispatch, args.reps, sync).items():
+        results[f"experts_{name}"] = t
 
     report = {
         "benchmark": "moellama_moe_layer", "device": str(device), "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "tokens": args.tokens, "dim": args.dim,
         "ffn_dim": args.ffn_dim, "compiled": args.compile, "num_experts": 8, "top_k": 2, "dense_hidden": 2 * args.ffn_dim,
+        "dense_baseline": "SwiGLU: one Linear d->2*hidden (gate|up fused, as in the experts), silu(gate)*up, Linear down",
+        "timing": f"alternating MoE/dense, median of {args.reps} after 2 warm-ups",
+        "moe_layer_experts_backend": ml._experts_backend(x),
         "seconds_fwd_bwd_median": results,
         "ratio_moe_over_dense": results["moe_layer"] / results["dense_swiglu"],
         "target_ratio": 1.3,

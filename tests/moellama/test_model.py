@@ -108,7 +108,12 @@ def test_router_z_loss_is_the_mean_squared_logsumexp():
     torch.testing.assert_close(m.aux_loss([decision], None), torch.tensor(math.log(8) ** 2))
 
 
-def test_grouped_dispatch_equals_a_plain_loop_over_experts(monkeypatch):
+BACKENDS = ["sorted_mm", "loop"] + (["grouped_mm"] if hasattr(torch, "_grouped_mm") else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_dispatch_equals_a_plain_loop_over_experts(monkeypatch, backend):
+    monkeypatch.setattr(ml, "_experts_backend", lambda x: backend)
     torch.manual_seed(0)
     experts = ml.Experts(num_experts=6, dim=8, ffn_dim=12)
     torch.nn.init.normal_(experts.gate_up, std=0.3)
@@ -126,8 +131,53 @@ def test_grouped_dispatch_equals_a_plain_loop_over_experts(monkeypatch):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     got.backward(torch.randn_like(got))
     assert experts.gate_up.grad[5].abs().sum() == 0 and experts.gate_up.grad[:5].abs().sum() > 0
-    monkeypatch.setattr(ml, "_use_grouped_mm", lambda x: False)
-    torch.testing.assert_close(experts(x, indices, weights), expected, atol=1e-5, rtol=1e-5)
+    assert experts.down.grad[5].abs().sum() == 0 and experts.down.grad[:5].abs().sum() > 0
+
+
+def _loop_reference(x, gate_up, down, weights, indices):
+    """sum_k weights[n, k] * SwiGLU_{indices[n, k]}(x[n]), one expert at a time, plain autograd."""
+    out = torch.zeros_like(x)
+    for e in range(gate_up.shape[0]):
+        rows, ks = (indices == e).nonzero(as_tuple=True)
+        if len(rows):
+            g, u = (x[rows] @ gate_up[e]).chunk(2, dim=-1)
+            out = out.index_add(0, rows, weights[rows, ks, None] * ((torch.nn.functional.silu(g) * u) @ down[e]))
+    return out
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_sorted_mm_outputs_and_gradients_equal_a_per_expert_loop_in_float64(top_k):
+    torch.manual_seed(top_k)
+    E, d, f, N = 5, 6, 7, 23
+    x = torch.randn(N, d, dtype=torch.float64, requires_grad=True)
+    gate_up = (0.4 * torch.randn(E, d, 2 * f, dtype=torch.float64)).requires_grad_()
+    down = (0.4 * torch.randn(E, f, d, dtype=torch.float64)).requires_grad_()
+    indices = torch.stack([torch.randperm(E - 1)[:top_k] + 1 for _ in range(N)])  # expert 0 gets no token
+    assert not (indices == 0).any() and len(indices.unique()) == E - 1
+    weights = torch.rand(N, top_k, dtype=torch.float64).requires_grad_()
+    inputs = (x, gate_up, down, weights)
+    got = ml.SortedExpertsMM.apply(*inputs, indices)
+    expected = _loop_reference(*inputs, indices)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(got)
+    got_grads = torch.autograd.grad(got, inputs, grad)
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    for name, a, b in zip(("x", "gate_up", "down", "weights"), got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, name=name: f"grad of {name}: {m}")
+    assert got_grads[1][0].abs().sum() == 0 and got_grads[2][0].abs().sum() == 0  # the idle expert
+    assert torch.autograd.gradcheck(lambda *t: ml.SortedExpertsMM.apply(*t, indices), inputs)
+
+
+def test_sorted_mm_skips_gradients_nobody_asked_for():
+    torch.manual_seed(0)
+    experts = ml.Experts(num_experts=4, dim=8, ffn_dim=8)
+    torch.nn.init.normal_(experts.gate_up, std=0.3)
+    torch.nn.init.normal_(experts.down, std=0.3)
+    experts.gate_up.requires_grad_(False)
+    x = torch.randn(10, 8)  # no grad for x or the weights either
+    indices = torch.randint(0, 4, (10, 2))
+    ml.SortedExpertsMM.apply(x, experts.gate_up, experts.down, torch.rand(10, 2), indices).sum().backward()
+    assert experts.gate_up.grad is None and experts.down.grad is not None
 
 
 def test_router_noise_only_while_training():
@@ -176,3 +226,22 @@ def test_sequence_longer_than_max_seq_len_is_an_error():
     m = tiny_model(max_seq_len=16)
     with pytest.raises(ValueError, match="max_seq_len"):
         m(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_aux_loss_over_all_layers_equals_the_per_layer_routing_losses(masked):
+    m = tiny_model(num_layers=3, load_balancing_loss_coef=0.3, router_z_loss_coef=0.07, router_noise_std=0.5).train()
+    x = torch.randint(0, 96, (2, 13))
+    decisions = m(x).decisions
+    mask = (torch.rand(2, 13) > 0.4).long() if masked else None
+    flat = None if mask is None else mask.reshape(-1)
+    expected = sum(0.3 * ml.load_balancing_loss(d.probs, d.indices, flat) + 0.07 * ml.router_z_loss(d.logits, flat)
+                   for d in decisions)
+    got = m.aux_loss(decisions, mask)
+    torch.testing.assert_close(got, expected)
+    params = [p for p in m.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(got, params, allow_unused=True, retain_graph=True),
+                    torch.autograd.grad(expected, params, allow_unused=True), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
