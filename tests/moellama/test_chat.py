@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from tests.moellama.conftest import tiny_model
 
 pexpect = pytest.importorskip("pexpect")
 REPO = Path(__file__).resolve().parents[2]
+
+
+def interactive_signals() -> None:
+    """Ctrl+C as in a terminal, even when the suite runs in the background with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _llama_command() -> list[str]:
@@ -49,7 +55,8 @@ def test_chat_in_a_pty_streams_changes_params_survives_ctrl_c_and_exits(endless_
                PYTHONPATH=str(REPO / "src"))
     args = [*_llama_command(), "chat", "--model-path", str(endless_model_dir), "--temperature", "0",
             "--max-tokens", "5", "--verbose", "--set", "device.type=cpu"]
-    child = pexpect.spawn(sys.executable, args, cwd=str(REPO), env=env, encoding="utf-8", timeout=90)
+    child = pexpect.spawn(sys.executable, args, cwd=str(REPO), env=env, encoding="utf-8", timeout=90,
+                          preexec_fn=interactive_signals)
     try:
         child.expect("you> ")
         child.sendline("params")

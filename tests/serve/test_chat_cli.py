@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,7 +19,13 @@ def spawn(*args: str) -> pexpect.spawn:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "TOKENIZERS_PARALLELISM": "false", "TERM": "dumb", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     return pexpect.spawn(sys.executable, list(args), cwd=str(ROOT), env=env, encoding="utf-8", timeout=60,
-                         dimensions=(40, 200))
+                         dimensions=(40, 200), preexec_fn=interactive_signals)
+
+
+def interactive_signals() -> None:
+    """Ctrl+C as in a terminal: a suite started in the background (``cmd &``) has SIGINT ignored, the child
+    would inherit that, and Python installs no KeyboardInterrupt handler for an ignored SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_chat_multi_turn_streams_greedy_replies_and_changes_params(tiny_experts, tiny_hf):
