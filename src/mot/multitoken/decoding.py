@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mot.generation import GenerationParams, Message, first_stop
-from mot.multitoken.model import MultiTokenModel
-
-CPU_MIN_FEED = 4
+from mot.multitoken.model import CPU_MIN_GEMM_ROWS, MultiTokenModel
 
 __all__ = ["DecodeResult", "DecodeStats", "MultiTokenGenerator", "decode", "decode_tokens", "warp_probs"]
 
@@ -139,7 +137,7 @@ def decode_tokens(
         return
     heads, eos = model.heads, model.eos_token_ids
     if min_feed is None:
-        min_feed = CPU_MIN_FEED if model.backbone_device.type == "cpu" else 1
+        min_feed = CPU_MIN_GEMM_ROWS if model.backbone_device.type == "cpu" else 1
     picker = _Picker(params, model.heads_device)
     hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model))
     cache.crop(0)  # sliding-window layers drop what the window no longer needs
@@ -160,9 +158,8 @@ def decode_tokens(
             drafts = heads.token_ids(torch.tensor([picker.pick(row) for row in rows])).tolist()
         else:
             drafts = []
-        # Filler rows (copies of the last token, cropped right after) bring a short feed up to
-        # ``min_feed``: on CPU, fp32 GEMMs of 2-3 rows take a slower path than 4 (SmolLM2's LM head: 2 rows
-        # ~1.9x and 3 rows ~3.8x the time of 4 rows), so the padded pass is the cheaper one.
+        # Filler rows (copies of the last token, cropped with the rejected drafts) bring a short feed up to
+        # ``min_feed``: see CPU_MIN_GEMM_ROWS, the padded pass is the cheaper one.
         feed_tokens = [next_token, *drafts]
         filler = max(0, min_feed - len(feed_tokens)) if drafts else 0
         feed = torch.tensor([feed_tokens + feed_tokens[-1:] * filler], dtype=torch.long)

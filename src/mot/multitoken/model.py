@@ -18,7 +18,11 @@ from torch import nn
 from mot.multitoken.config import MultiTokenConfig
 from mot.routing import build_router
 
-__all__ = ["HeadStack", "MultiTokenModel", "ResidualHead", "active_heads"]
+# On CPU, fp32 GEMMs of 2-3 rows take a slower path than 4 rows (SmolLM2's LM head: 2 rows ~1.9x and
+# 3 rows ~3.8x the time of 4, one thread): short row blocks are padded up to this many.
+CPU_MIN_GEMM_ROWS = 4
+
+__all__ = ["CPU_MIN_GEMM_ROWS", "HeadStack", "MultiTokenModel", "ResidualHead", "active_heads"]
 
 
 class ResidualHead(nn.Module):
@@ -228,8 +232,8 @@ class HeadStack(nn.Module):
             return torch.stack([self._project(s, *self._output(h)) for s, h in zip(states, chain, strict=True)])
         weight, bias = self._output(chain[0])
         stacked = torch.stack(states)
-        if stacked.device.type == "cpu" and len(chain) in (2, 3):  # CPU GEMMs of 2-3 rows are slower than 4
-            stacked = torch.cat([stacked, stacked.new_zeros(4 - len(chain), stacked.shape[1])])
+        if stacked.device.type == "cpu" and 1 < len(chain) < CPU_MIN_GEMM_ROWS:
+            stacked = torch.cat([stacked, stacked.new_zeros(CPU_MIN_GEMM_ROWS - len(chain), stacked.shape[1])])
         return self._project(stacked, weight, bias)[: len(chain)]
 
     @torch.no_grad()
