@@ -61,15 +61,21 @@ def main() -> None:
     parser.add_argument("--feature-weight", type=float, default=0.0)
     parser.add_argument("--draft-vocab", type=int, default=8192, help="heads score this many frequent tokens (0: all)")
     parser.add_argument("--no-token-conditioning", action="store_true", help="plain Medusa heads (h_t only)")
+    parser.add_argument("--chain-conditioning", action="store_true", help="head h reads heads 1..h-1's drafts")
+    parser.add_argument("--self-distill", default="chain", choices=["chain", "generate"])
     parser.add_argument("--untie", action="store_true", help="each head trains its own output projection")
     parser.add_argument("--head-layers", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.0, help="draft a head only while P(accept) >= this")
     parser.add_argument("--greedy-batch", type=int, default=16)
     parser.add_argument("--train-positions", type=int, default=0, help="CE on at most this many steps per batch (0: all)")
+    parser.add_argument("--per-file", type=int, default=3, help="training windows cut from each source file")
     parser.add_argument("--prompt-chars", type=int, default=240)
     parser.add_argument("--response-chars", type=int, default=200)
+    parser.add_argument("--lookup", type=int, default=0,
+                        help="also evaluate heads + prompt lookup (up to N tokens) and HF's prompt-lookup generate()")
     parser.add_argument("--out", default="runs/bench-multitoken")
     parser.add_argument("--ckpt", default=None, help="Evaluate this trained checkpoint instead of training.")
+    parser.add_argument("--results", default=str(RESULTS), help="where to write the JSON results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -92,19 +98,22 @@ def main() -> None:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts)
     train_files, eval_files = files[::2], files[1::2]  # held out: different files
-    train = stdlib_examples(train_files, args.train, args.prompt_chars, args.response_chars, seed=0)
+    train = stdlib_examples(train_files, args.train, args.prompt_chars, args.response_chars, seed=0,
+                            per_file=args.per_file)
     held_out = stdlib_examples(eval_files, args.eval, args.prompt_chars, args.response_chars, seed=1)
 
     torch.manual_seed(0)
     config = MultiTokenConfig(num_heads=args.heads, k_max=args.k_max, feature_weight=args.feature_weight,
                               train_positions=args.train_positions or None, draft_vocab_size=args.draft_vocab or None,
                               token_conditioning=not args.no_token_conditioning, untie_heads=args.untie,
+                              chain_conditioning=args.chain_conditioning,
                               head_layers=args.head_layers, draft_threshold=args.threshold)
     model = MultiTokenModel(backbone, tokenizer, config, backbone_spec=args.model)
     cfg = CurriculumConfig(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
                            batch_size=args.batch, learning_rate=args.lr, max_length=args.max_length, device="cpu",
                            greedy_max_new_tokens=args.new_tokens, progress=False, log_every=1,
-                           cache_hidden=True, greedy_batch=args.greedy_batch)
+                           cache_hidden=True, greedy_batch=args.greedy_batch,
+                           self_distill=args.self_distill)
     t0 = time.perf_counter()
     if args.ckpt is None:
         exported = train_curriculum(model, train, args.out, cfg)
@@ -115,17 +124,18 @@ def main() -> None:
     trained_on = model.meta.get("metrics", {})
 
     params = GenerationParams(max_new_tokens=args.new_tokens)
-    verified, lossy = DecodeStats(), DecodeStats(lossy=True)
-    base_s = mt_s = 0.0
-    exact = agree = agree_total = 0
+    verified, lossy, looked = DecodeStats(), DecodeStats(lossy=True), DecodeStats()
+    base_s = mt_s = look_s = hf_look_s = 0.0
+    exact = look_exact = hf_look_exact = agree = agree_total = 0
     lossy_nll, lossy_count = 0.0, 0
     per_prompt = []
+    pad = tokenizer.pad_token_id or 0
     for example in held_out:
         ids = tokenizer(example.question, return_tensors="pt").input_ids
         t = time.perf_counter()
         with torch.no_grad():
             ref = backbone.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                    max_new_tokens=args.new_tokens, pad_token_id=tokenizer.pad_token_id or 0)
+                                    max_new_tokens=args.new_tokens, pad_token_id=pad)
         base = time.perf_counter() - t
         reference = ref[0, ids.shape[1]:].tolist()
         stats = DecodeStats()
@@ -135,8 +145,27 @@ def main() -> None:
         base_s, mt_s = base_s + base, mt_s + ours
         verified.merge(stats)
         exact += tokens == reference
-        per_prompt.append({"tokens": len(tokens), "tokens_per_pass": stats.tokens_per_pass,
-                           "speedup": base / ours, "exact": tokens == reference})
+        row = {"tokens": len(tokens), "tokens_per_pass": stats.tokens_per_pass, "speedup": base / ours,
+               "exact": tokens == reference}
+        if args.lookup:
+            # the heads plus prompt lookup, and HF's own prompt-lookup decoding for reference
+            stats_l = DecodeStats()
+            t = time.perf_counter()
+            tokens_l = list(decode_tokens(model, ids, params, stats=stats_l, lookup=args.lookup))
+            ours_l = time.perf_counter() - t
+            t = time.perf_counter()
+            with torch.no_grad():
+                hf = backbone.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                       max_new_tokens=args.new_tokens, pad_token_id=pad,
+                                       prompt_lookup_num_tokens=args.lookup)
+            hf_l = time.perf_counter() - t
+            look_s, hf_look_s = look_s + ours_l, hf_look_s + hf_l
+            looked.merge(stats_l)
+            look_exact += tokens_l == reference
+            hf_look_exact += hf[0, ids.shape[1]:].tolist() == reference
+            row.update({"lookup_tokens_per_pass": stats_l.tokens_per_pass, "lookup_speedup": base / ours_l,
+                        "lookup_exact": tokens_l == reference, "hf_prompt_lookup_speedup": base / hf_l})
+        per_prompt.append(row)
         # verify=False: lossy emission, scored against the backbone
         loose = DecodeStats(lossy=True)
         unverified = list(decode_tokens(model, ids, params, verify=False, stats=loose))
@@ -150,8 +179,8 @@ def main() -> None:
                 logits = backbone(seq).logits[0, ids.shape[1] - 1:-1]
             lossy_nll += torch.nn.functional.cross_entropy(logits, torch.tensor(unverified), reduction="sum").item()
             lossy_count += len(unverified)
-        logging.info("prompt %d: %.2f tokens/pass, speedup %.2fx, exact %s", len(per_prompt),
-                     stats.tokens_per_pass, base / ours, tokens == reference)
+        logging.info("prompt %d: %s", len(per_prompt), {k: round(v, 3) if isinstance(v, float) else v
+                                                         for k, v in row.items()})
     # backbone's own perplexity on its greedy outputs is the reference point for the lossy perplexity
     result = {
         "backbone": args.model, "device": "cpu", "dtype": "float32", "threads": args.threads,
@@ -164,6 +193,17 @@ def main() -> None:
             "speedup_vs_generate": base_s / mt_s, "generate_seconds": base_s, "multitoken_seconds": mt_s,
             "exact_match_rate": exact / max(len(held_out), 1),
         },
+        **({"verified_with_lookup": {
+            "lookup_tokens": args.lookup,
+            "accepted_tokens_per_pass": looked.tokens_per_pass,
+            "head_acceptance": {str(h): a for h, a in looked.head_acceptance.items()},
+            "passes_drafted_by_lookup": looked.lookup_passes / max(looked.backbone_passes, 1),
+            "lookup_draft_acceptance": looked.lookup_accepted / max(looked.lookup_drafted, 1),
+            "speedup_vs_generate": base_s / look_s, "multitoken_seconds": look_s,
+            "exact_match_rate": look_exact / max(len(held_out), 1),
+            "hf_prompt_lookup_speedup_vs_generate": base_s / hf_look_s, "hf_prompt_lookup_seconds": hf_look_s,
+            "hf_prompt_lookup_exact_match_rate": hf_look_exact / max(len(held_out), 1),
+        }} if args.lookup else {}),
         "unverified_lossy": {
             "tokens_per_pass": lossy.tokens_per_pass,
             "token_agreement_with_backbone": agree / max(agree_total, 1),
@@ -174,8 +214,11 @@ def main() -> None:
             f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items() if v is not False),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_name(results.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(results)  # a killed run never leaves a half-written results file
     print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}, indent=2))
 
 

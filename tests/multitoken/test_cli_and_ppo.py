@@ -30,7 +30,7 @@ def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_exper
     result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(out),
                                  "--heads", "3", "--k_max", "2", "--stage1_epochs", "1", "--stage2_epochs", "1",
                                  "--ppo_steps", "2", "--batch", "4", "--lr", "1e-3", "--quant", "none",
-                                 "--max-length", "32", "--draft-vocab", "64"])
+                                 "--max-length", "32", "--draft-vocab", "64", "--chain-conditioning"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert all((out / name / "moe_meta.json").is_file() for name in ("s1", "s2", "ppo_final"))
 
@@ -44,6 +44,12 @@ def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_exper
                                pad_token_id=0)[0, ids.shape[1]:]
     assert payload["text"] == tokenizer.decode(reference, skip_special_tokens=True)
     assert payload["lossy"] is False
+    result = runner.invoke(app, ["infer", "--ckpt", str(out / "s2"), "--prompt", "def f(x):", "--max_tokens", "12",
+                                 "--json", "--lookup", "4"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload["text"] == tokenizer.decode(reference, skip_special_tokens=True)
+    assert set(payload["stats"]["lookup"]) == {"passes", "drafted", "accepted"}
 
     result = runner.invoke(app, ["infer", "--ckpt", str(out / "s1"), "--prompt", "def f(x):", "--max_tokens", "6",
                                  "--no-verify"])
@@ -57,6 +63,9 @@ def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_exper
     result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(tmp_path / "o3"),
                                  "--heads", "3", "--k_max", "5"])
     assert isinstance(result.exception, UsageError) and result.exception.exit_code == 2
+    result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(tmp_path / "o4"),
+                                 "--self-distill", "sample"])
+    assert isinstance(result.exception, UsageError) and "--self-distill" in str(result.exception)
 
 
 def test_composite_reward_scores_accuracy_order_efficiency_and_stop():

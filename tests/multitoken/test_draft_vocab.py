@@ -67,7 +67,7 @@ def test_decoding_with_draft_vocab_and_token_conditioning_is_exact(make_model):
 def test_trained_draft_vocab_is_saved_and_reloaded(make_model, load_tiny, tmp_path):
     model = make_model("llama", num_heads=3, k_max=3, draft_vocab_size=24)
     examples = [Example(f"q{i}: ", "return x + 1 " * 4, i + 1) for i in range(8)]
-    out = train_curriculum(model, examples, tmp_path / "run", _cfg(stage1_epochs=1, stage2_epochs=1))
+    out = train_curriculum(model, examples, tmp_path / "run", _cfg(stage1_epochs=1, stage2_epochs=1, self_distill="generate"))
     chosen = model.heads.vocab_ids.clone()
     assert not torch.equal(chosen, torch.arange(24))  # chosen from the targets, not the placeholder
     stored = load_file(str(tmp_path / "run" / "stage2" / "greedy_train.safetensors"))

@@ -58,7 +58,7 @@ def test_self_distillation_raises_accepted_tokens_per_pass_and_decoding_stays_ex
     before = _tokens_per_pass(model, QUESTIONS)
     examples = [Example(q, "return x + 1 " * 5, i + 1) for i, q in enumerate(QUESTIONS)]
     out = train_curriculum(model, examples, tmp_path / "run", _cfg(stage1_epochs=0, stage2_epochs=60,
-                                                                    learning_rate=1e-2))
+                                                                    learning_rate=1e-2, self_distill="generate"))
     trained = load_multitoken(out["s2"], backbone=(model.backbone, model.tokenizer))
     after = _tokens_per_pass(trained, QUESTIONS)
     assert after > before + 0.4, (before, after)

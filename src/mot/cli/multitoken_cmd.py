@@ -48,6 +48,11 @@ def train(
                                      help="Give each head its own trainable copy of the LM head."),
     token_conditioning: bool = typer.Option(True, "--token-conditioning/--no-token-conditioning",
                                             help="Heads also read the next token's embedding (known when drafting)."),
+    chain_conditioning: bool = typer.Option(False, "--chain-conditioning/--no-chain-conditioning",
+                                            help="Head h also reads the drafts of heads 1..h-1 (Hydra-style)."),
+    self_distill: str = typer.Option("chain", "--self-distill",
+                                     help="Stage-2 greedy targets: chain (read off the data's forward pass) "
+                                          "or generate (generate every continuation first; slow on CPU)."),
     draft_vocab: int = typer.Option(0, "--draft-vocab",
                                     help="Heads score only this many frequent target tokens (0: whole vocabulary)."),
     dtype: str = typer.Option("float32", "--dtype", help="Backbone dtype: float32|bfloat16|float16."),
@@ -68,7 +73,8 @@ def train(
     if draft_vocab < 0:
         raise UsageError(f"--draft-vocab must be >= 0 (0: whole vocabulary), got {draft_vocab}")
     config = MultiTokenConfig(num_heads=heads, k_max=k_max, untie_heads=untie_heads,
-                              token_conditioning=token_conditioning, draft_vocab_size=draft_vocab or None)
+                              token_conditioning=token_conditioning, chain_conditioning=chain_conditioning,
+                              draft_vocab_size=draft_vocab or None)
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     examples = read_jsonl(data)
@@ -86,7 +92,7 @@ def train(
     curriculum = CurriculumConfig(
         stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, ppo_steps=ppo_steps, batch_size=batch,
         learning_rate=lr, max_length=max_length, save_every=save_every, seed=seed,
-        device=heads_device or backbone_device, save_backbone=save_backbone,
+        device=heads_device or backbone_device, save_backbone=save_backbone, self_distill=self_distill,
     )
     exported = train_curriculum(mt, train_set, out, curriculum, val_examples=val or None)
     for name, path in exported.items():
@@ -106,6 +112,8 @@ def infer(
     top_k: int = typer.Option(0, "--top-k"),
     seed: int | None = typer.Option(None, "--seed"),
     k: int | None = typer.Option(None, "--k", help="Active heads (<= the checkpoint's k_max)."),
+    lookup: int = typer.Option(0, "--lookup", help="Also draft up to N tokens copied from an earlier occurrence "
+                                                   "of the last tokens (prompt lookup; verified only; 0: off)."),
     backbone_device: str = typer.Option("cpu", "--backbone-device"),
     heads_device: str | None = typer.Option(None, "--heads-device"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text + statistics)."),
@@ -119,7 +127,9 @@ def infer(
                             heads_device=heads_device)
     params = GenerationParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                               seed=seed)
-    generator = MultiTokenGenerator(model, verify=verify, k=k)
+    if lookup < 0:
+        raise UsageError(f"--lookup must be >= 0 (0: off), got {lookup}")
+    generator = MultiTokenGenerator(model, verify=verify, k=k, lookup=lookup)
     if not verify:
         typer.echo("# lossy: --no-verify emits the heads' drafts unchecked; this is not the backbone's output",
                    err=True)
@@ -134,6 +144,8 @@ def infer(
     sys.stdout.write("\n")
     stats = generator.stats
     acceptance = ", ".join(f"head {h}: {a:.2f}" for h, a in stats.head_acceptance.items()) or "no drafts"
+    if stats.lookup_passes:
+        acceptance += f"; lookup: {stats.lookup_accepted}/{stats.lookup_drafted} drafts kept"
     typer.echo(f"# {'LOSSY (unverified) ' if not verify else 'verified '}{stats.new_tokens} tokens in "
                f"{stats.backbone_passes} backbone passes ({stats.tokens_per_pass:.2f} tokens/pass); "
                f"acceptance {acceptance}", err=True)

@@ -23,6 +23,8 @@ class MultiTokenConfig:
     head_layers: int = 1  # residual blocks per head
     untie_heads: bool = False  # True: each head trains its own copy of the LM head (Medusa-1); False: shared, frozen
     token_conditioning: bool = True  # heads also read the embedding of the next token (t + 1), known when drafting
+    # Hydra-style: head h reads all h tokens t+1..t+h (the backbone's next token, then heads 1..h-1's drafts)
+    chain_conditioning: bool = False
     draft_vocab_size: int | None = None  # heads score only this many frequent token ids (None: whole vocabulary)
     router_hidden: int | None = None  # default: the backbone's hidden size
     router_layers: int = 3
@@ -49,6 +51,8 @@ class MultiTokenConfig:
             raise UsageError("multitoken: head_layers and router_layers must be >= 1")
         if not 0.0 <= self.draft_threshold <= 1.0:
             raise UsageError(f"multitoken: draft_threshold must be in [0, 1], got {self.draft_threshold}")
+        if self.chain_conditioning and not self.token_conditioning:
+            raise UsageError("multitoken: chain_conditioning reads token embeddings: it needs token_conditioning")
         if self.draft_vocab_size is not None and self.draft_vocab_size < 2:
             raise UsageError(f"multitoken: draft_vocab_size must be >= 2 (or None), got {self.draft_vocab_size}")
         if self.train_positions is not None and self.train_positions < 1:
@@ -69,4 +73,6 @@ class MultiTokenConfig:
             raise UsageError(f"multitoken config: unknown keys {unknown}; known keys are {sorted(known)}")
         if "token_conditioning" not in data:  # checkpoints from before the option: plain Medusa heads
             data = {**data, "token_conditioning": False}
+        if "chain_conditioning" not in data:  # checkpoints from before the option: heads read t + 1 only
+            data = {**data, "chain_conditioning": False}
         return cls(**data)

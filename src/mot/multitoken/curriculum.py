@@ -40,7 +40,11 @@ class CurriculumConfig:
     keep_last: int | None = 2
     seed: int = 0
     device: str = "auto"  # where the heads train (the backbone stays where it was loaded)
-    greedy_max_new_tokens: int | None = None  # cap on stage 2's self-distilled continuations
+    # Where stage 2's greedy targets come from: "chain" reads them off the teacher-forced pass over the data
+    # (exact wherever the data pins the backbone's greedy chain down; no generation), "generate" first
+    # generates the backbone's greedy continuation of every question (every target known; slow on a CPU).
+    self_distill: str = "chain"
+    greedy_max_new_tokens: int | None = None  # cap on generated continuations (self_distill="generate", PPO)
     greedy_batch: int = 16  # prompts per batched generate() when making them
     log_every: int = 10
     progress: bool = True
@@ -57,6 +61,8 @@ class CurriculumConfig:
             raise UsageError("--batch must be >= 1")
         if not self.learning_rate > 0:
             raise UsageError("--lr must be > 0")
+        if self.self_distill not in ("chain", "generate"):
+            raise UsageError(f"--self-distill must be 'chain' or 'generate', got {self.self_distill!r}")
 
 
 def _training_config(cfg: CurriculumConfig, epochs: float, has_val: bool):
@@ -124,9 +130,12 @@ def train_curriculum(
                     model, dataset, max_new_tokens=cfg.greedy_max_new_tokens, batch_size=cfg.greedy_batch,
                     cache_file=out / "stage2" / f"greedy_{label}.safetensors", progress=cfg.progress))
 
+    generate = cfg.self_distill == "generate"
     if model.heads.subset and not (out / STAGE_DIRS[1] / META_FILE).is_file():
-        # the draft vocabulary: the most frequent tokens of what verification will accept
-        attach_greedy()
+        # the draft vocabulary: the most frequent tokens of what verification will accept (of the responses
+        # when no continuation is generated: where the backbone agrees with them, they are the same tokens)
+        if generate:
+            attach_greedy()
         model.heads.set_draft_vocab(choose_draft_vocab(train, model.heads.vocab_ids.numel(), model.eos_token_ids,
                                                        model.heads.vocab_size))
 
@@ -139,7 +148,7 @@ def train_curriculum(
             exported[name] = target
             continue
         metrics: dict[str, Any] = {"epochs": epochs}
-        if stage == 2:
+        if stage == 2 and generate:
             attach_greedy()
         if epochs > 0:
             metrics.update(_run_stage(model, stage, cfg, train, val, out, epochs, fingerprint))

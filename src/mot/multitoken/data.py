@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from mot.errors import DataError
 
-__all__ = ["Example", "SequenceDataset", "collate_sequences", "read_jsonl", "step_targets", "tokenize_example"]
+__all__ = ["Example", "SequenceDataset", "chain_targets", "collate_sequences", "read_jsonl", "step_targets",
+           "tokenize_example"]
 
 MAX_REPORTED_ERRORS = 5
 
@@ -152,4 +153,43 @@ def step_targets(ids: torch.Tensor, response: torch.Tensor, num_heads: int) -> t
         target = ids[:, shift:]
         labels[:, : length - shift, head] = torch.where(response[:, shift:], target, torch.full_like(target, -100))
     step_mask = labels[..., 0] >= 0
+    return step_mask, labels
+
+
+def chain_targets(ids: torch.Tensor, greedy_next: torch.Tensor, response: torch.Tensor, num_heads: int,
+                  eos: set[int] | frozenset[int] = frozenset()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-distillation targets from one teacher-forced pass: the backbone's greedy chain wherever the
+    sequence pins it down.
+
+    ``greedy_next [B, T]`` is the backbone's argmax at each position (its guess for the token after it).
+    From a step ``t`` the backbone's own greedy continuation is ``greedy_next[t]``, and it goes on as
+    ``greedy_next[t + 1]``, ``greedy_next[t + 2]``, ... for as long as each guess equals the sequence's next
+    token (the backbone then reads exactly the prefix the sequence gives it).  So ``labels[b, t, h]`` is
+    ``greedy_next[t + h]`` when the guesses at ``t .. t + h - 1`` all match the sequence (and none is EOS),
+    else ``-100``; ``labels[b, t, 0]`` is ``greedy_next[t]``.  Steps are those of :func:`step_targets`.  On
+    the backbone's own greedy text every guess matches, so every target is set; on other text the targets
+    are exactly what verification would accept, wherever they are known, at the cost of one forward pass.
+    """
+    batch, length = ids.shape
+    greedy_next = greedy_next.to(ids.device)
+    response = response.to(ids.device)
+    match = torch.zeros((batch, length), dtype=torch.bool, device=ids.device)
+    if length > 1:
+        match[:, :-1] = (greedy_next[:, :-1] == ids[:, 1:]) & response[:, 1:]
+    for token in eos:
+        match &= greedy_next != token
+    labels = torch.full((batch, length, num_heads), -100, dtype=torch.long, device=ids.device)
+    step_mask = torch.zeros((batch, length), dtype=torch.bool, device=ids.device)
+    step_mask[:, :-1] = response[:, 1:]
+    labels[..., 0] = torch.where(step_mask, greedy_next, torch.full_like(greedy_next, -100))
+    run = step_mask.clone()  # the chain from t still follows the sequence up to t + head - 1
+    for head in range(1, num_heads):
+        if head >= length:
+            break
+        shifted_match = torch.zeros_like(match)
+        shifted_match[:, : length - head + 1] = match[:, head - 1:]
+        run &= shifted_match
+        target = torch.full_like(greedy_next, -100)
+        target[:, : length - head] = greedy_next[:, head:]
+        labels[..., head] = torch.where(run & (target >= 0), target, torch.full_like(target, -100))
     return step_mask, labels

@@ -10,6 +10,12 @@ distributed exactly as the backbone's own sampling.
 
 ``verify=False`` emits the drafts unchecked: more tokens per pass, but the text is no longer the
 backbone's.  Every such result carries ``lossy=True``.
+
+``lookup=N`` (verified decoding only) adds a second draft source that needs no training: when the last 3
+(else 2) tokens occurred earlier in the prompt or the output, the up to ``N`` tokens that followed them
+there are drafted instead of the heads' chain (prompt-lookup decoding).  Code and structured text repeat
+themselves, and a verified draft costs nothing in exactness.  The statistics count these drafts apart
+from the heads'.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import torch
 from mot.generation import GenerationParams, Message, first_stop
 from mot.multitoken.model import CPU_MIN_GEMM_ROWS, MultiTokenModel
 
-__all__ = ["DecodeResult", "DecodeStats", "MultiTokenGenerator", "decode", "decode_tokens", "warp_probs"]
+__all__ = ["ContextLookup", "DecodeResult", "DecodeStats", "MultiTokenGenerator", "decode", "decode_tokens",
+           "warp_probs"]
+
+LOOKUP_NGRAMS = (3, 2)  # longest match first
 
 
 @dataclass
@@ -33,6 +42,9 @@ class DecodeStats:
     new_tokens: int = 0
     drafted: dict[int, int] = field(default_factory=dict)  # head -> drafts offered
     accepted: dict[int, int] = field(default_factory=dict)  # head -> drafts kept
+    lookup_passes: int = 0  # passes whose drafts came from the context (``lookup``), not the heads
+    lookup_drafted: int = 0
+    lookup_accepted: int = 0
     lossy: bool = False
 
     @property
@@ -51,12 +63,18 @@ class DecodeStats:
             self.drafted[h] = self.drafted.get(h, 0) + n
         for h, n in other.accepted.items():
             self.accepted[h] = self.accepted.get(h, 0) + n
+        self.lookup_passes += other.lookup_passes
+        self.lookup_drafted += other.lookup_drafted
+        self.lookup_accepted += other.lookup_accepted
         self.lossy = self.lossy or other.lossy
 
     def as_dict(self) -> dict:
         return {"backbone_passes": self.backbone_passes, "new_tokens": self.new_tokens,
                 "tokens_per_pass": self.tokens_per_pass,
-                "head_acceptance": {str(h): a for h, a in self.head_acceptance.items()}, "lossy": self.lossy}
+                "head_acceptance": {str(h): a for h, a in self.head_acceptance.items()},
+                "lookup": {"passes": self.lookup_passes, "drafted": self.lookup_drafted,
+                           "accepted": self.lookup_accepted},
+                "lossy": self.lossy}
 
 
 @dataclass
@@ -113,6 +131,33 @@ class _Picker:
         return float(torch.rand((), generator=self.generator))
 
 
+class ContextLookup:
+    """Prompt-lookup drafts: the tokens that followed the latest earlier occurrence of the context's last
+    ``n`` tokens (``n`` in :data:`LOOKUP_NGRAMS`, longest first).  An index maps each n-gram to where its
+    latest occurrence with a known continuation ends, updated as tokens arrive."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            end = len(self.tokens)  # the n-grams ending here now have a continuation: ``token``
+            for n in LOOKUP_NGRAMS:
+                if end >= n:
+                    self.index[tuple(self.tokens[end - n:end])] = end
+            self.tokens.append(token)
+
+    def drafts(self, count: int) -> list[int]:
+        for n in LOOKUP_NGRAMS:
+            if len(self.tokens) >= n:
+                start = self.index.get(tuple(self.tokens[-n:]))
+                if start is not None:
+                    return self.tokens[start:start + count]
+        return []
+
+
 def decode_tokens(
     model: MultiTokenModel,
     input_ids: torch.Tensor,
@@ -122,12 +167,15 @@ def decode_tokens(
     k: int | None = None,
     stats: DecodeStats | None = None,
     min_feed: int | None = None,
+    lookup: int = 0,
 ) -> Iterator[int]:
     """Yield new token ids one by one as they are produced (several may come from one backbone pass).
 
     ``input_ids`` is ``[1, P]`` (one prompt).  Stops after an EOS token or ``params.max_new_tokens``.
     ``k`` lowers the number of active heads below the checkpoint's ``k_max``.  ``min_feed``: a verification
     pass feeds at least this many tokens (default: 4 on CPU, 1 elsewhere); the fillers never reach the output.
+    ``lookup``: with ``verify``, draft up to this many tokens from an earlier occurrence of the context's last
+    tokens when there is one (:class:`ContextLookup`), the heads' chain otherwise; 0 turns it off.
     """
     stats = stats if stats is not None else DecodeStats()
     stats.lossy = stats.lossy or not verify
@@ -138,7 +186,10 @@ def decode_tokens(
     heads, eos = model.heads, model.eos_token_ids
     if min_feed is None:
         min_feed = CPU_MIN_GEMM_ROWS if model.backbone_device.type == "cpu" else 1
+    if lookup < 0:
+        raise ValueError(f"lookup must be >= 0 (0: off), got {lookup}")
     picker = _Picker(params, model.heads_device)
+    context = ContextLookup(input_ids[0].tolist()) if lookup and verify else None
     hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model))
     cache.crop(0)  # sliding-window layers drop what the window no longer needs
     stats.backbone_passes += 1
@@ -150,14 +201,17 @@ def decode_tokens(
         stats.new_tokens += 1
         if next_token in eos or produced >= params.max_new_tokens:
             return
-        chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
-        if params.greedy:
-            drafts = heads.draft_tokens(last_hidden, chain, next_token)
-        elif chain:
-            rows = heads.draft_logits(last_hidden, chain, next_token)
-            drafts = heads.token_ids(torch.tensor([picker.pick(row) for row in rows])).tolist()
+        drafts: list[int] = []
+        if context is not None:
+            context.extend([next_token])
+            drafts = context.drafts(min(lookup, params.max_new_tokens - produced))
+        if drafts:
+            chain = []
+            stats.lookup_passes += 1
+            stats.lookup_drafted += len(drafts)
         else:
-            drafts = []
+            chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
+            drafts = heads.draft_tokens(last_hidden, chain, next_token, None if params.greedy else picker.pick)
         # Filler rows (copies of the last token, cropped with the rejected drafts) bring a short feed up to
         # ``min_feed``: see CPU_MIN_GEMM_ROWS, the padded pass is the cheaper one.
         feed_tokens = [next_token, *drafts]
@@ -179,8 +233,13 @@ def decode_tokens(
             last_hidden, next_token = hidden[0, last], picker.pick(logits[0, last])
             continue
         accepted, correction = _verify(drafts, logits[0], picker)
-        for j in range(accepted):
-            stats.accepted[chain[j]] = stats.accepted.get(chain[j], 0) + 1
+        if chain:
+            for j in range(accepted):
+                stats.accepted[chain[j]] = stats.accepted.get(chain[j], 0) + 1
+        else:
+            stats.lookup_accepted += accepted
+        if context is not None:
+            context.extend(drafts[:accepted])
         for token in drafts[:accepted]:
             yield token
             produced += 1
@@ -229,20 +288,22 @@ def decode(
     *,
     verify: bool = True,
     k: int | None = None,
+    lookup: int = 0,
 ) -> DecodeResult:
     """Decode one prompt (text or ``[1, P]`` ids) to the end; returns ids, text and statistics."""
     params = params or GenerationParams()
     ids = model.encode(prompt) if isinstance(prompt, str) else prompt
     stats = DecodeStats()
-    tokens = list(decode_tokens(model, ids, params, verify=verify, k=k, stats=stats))
+    tokens = list(decode_tokens(model, ids, params, verify=verify, k=k, stats=stats, lookup=lookup))
     return DecodeResult(tokens, model.tokenizer.decode(tokens, skip_special_tokens=True), stats)
 
 
 class MultiTokenGenerator:
     """``TextGenerator`` over a :class:`MultiTokenModel`.  With ``verify=False`` the name says it is lossy."""
 
-    def __init__(self, model: MultiTokenModel, *, verify: bool = True, k: int | None = None, name: str | None = None):
-        self.model, self.verify, self.k = model, verify, k
+    def __init__(self, model: MultiTokenModel, *, verify: bool = True, k: int | None = None, name: str | None = None,
+                 lookup: int = 0):
+        self.model, self.verify, self.k, self.lookup = model, verify, k, lookup
         base = name or f"multitoken:{model.backbone_spec or type(model.backbone).__name__}"
         self.name = base if verify else f"{base} [lossy: unverified multi-token]"
         self.stats = DecodeStats(lossy=not verify)
@@ -263,7 +324,7 @@ class MultiTokenGenerator:
         emitted = ""
         hold = max((len(s) for s in params.stop), default=0)
         for token in decode_tokens(self.model, self._prompt_ids(prompt), params, verify=self.verify, k=self.k,
-                                   stats=self.stats):
+                                   stats=self.stats, lookup=self.lookup):
             tokens.append(token)
             text = tok.decode(tokens, skip_special_tokens=True)
             cut = first_stop(text, params.stop)

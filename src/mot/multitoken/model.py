@@ -11,6 +11,8 @@ as the active set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,25 +30,29 @@ __all__ = ["CPU_MIN_GEMM_ROWS", "HeadStack", "MultiTokenModel", "ResidualHead", 
 class ResidualHead(nn.Module):
     """``num_layers`` blocks ``x + SiLU(W x + b)``; ``W`` and ``b`` start at zero (identity at init).
 
-    With ``embed_size`` the first block also reads the embedding ``e`` of the next token (``t + 1``, which
-    the backbone has just chosen when the heads draft): ``x + SiLU(W x + U e + b)``, ``U`` zero at init too.
-    Knowing that token is what lets a head reason about ``t + 2`` and beyond rather than re-guess ``t + 1``.
+    With ``embed_size`` the first block also reads the embeddings of ``tokens`` tokens: ``e`` of the next
+    token (``t + 1``, which the backbone has just chosen when the heads draft) and, for a chain-conditioned
+    head ``h`` (Hydra-style), the drafts of heads ``1..h-1`` for ``t + 2 .. t + h``:
+    ``x + SiLU(W x + U [e_1; ...; e_tokens] + b)``, ``U`` zero at init too.  Knowing those tokens is what
+    lets a head reason about the token after them rather than re-guess them.
     """
 
     def __init__(self, hidden_size: int, num_layers: int, lm_weight: torch.Tensor | None = None,
-                 embed_size: int | None = None):
+                 embed_size: int | None = None, tokens: int = 1):
         super().__init__()
         self.blocks = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(num_layers))
         for block in self.blocks:
             nn.init.zeros_(block.weight)
             nn.init.zeros_(block.bias)
-        self.token_proj = nn.Linear(embed_size, hidden_size, bias=False) if embed_size else None
+        self.tokens = tokens if embed_size else 0
+        self.token_proj = nn.Linear(embed_size * tokens, hidden_size, bias=False) if embed_size else None
         if self.token_proj is not None:
             nn.init.zeros_(self.token_proj.weight)
         # Untied heads own a trainable copy of the LM head (Medusa-1); tied heads use the frozen one.
         self.lm_weight = nn.Parameter(lm_weight.detach().clone()) if lm_weight is not None else None
 
     def forward(self, hidden: torch.Tensor, token_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """``token_embedding``: ``[..., tokens * E]`` (the embeddings of the tokens it reads, concatenated)."""
         for i, block in enumerate(self.blocks):
             pre = block(hidden)
             if i == 0 and self.token_proj is not None:
@@ -108,8 +114,8 @@ class HeadStack(nn.Module):
         rows = draft_size if self.subset else self.vocab_size
         self.heads = nn.ModuleList(
             ResidualHead(hidden_size, config.head_layers, weight[:rows] if config.untie_heads else None,
-                         embed_size=embed_size)
-            for _ in range(config.num_heads - 1)
+                         embed_size=embed_size, tokens=head if config.chain_conditioning else 1)
+            for head in range(1, config.num_heads)
         )
         self.router = build_router(
             "mlp", hidden_size, config.num_heads, config.k_max,
@@ -178,27 +184,40 @@ class HeadStack(nn.Module):
             return (own if own is not None else weight), bias
         return (own if own is not None else self.lm_weight), self.lm_bias
 
-    def head_state(self, hidden: torch.Tensor, head: int, next_token: torch.Tensor | None = None) -> torch.Tensor:
-        """Head ``head``'s state (before its output projection) for hidden states ``[..., D]``."""
+    def tokens_read(self, head: int) -> int:
+        """How many of the tokens ``t + 1, t + 2, ...`` head ``head`` reads (0: none, 1: the next token)."""
+        return self.heads[head - 1].tokens
+
+    def head_state(self, hidden: torch.Tensor, head: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Head ``head``'s state (before its output projection) for hidden states ``[..., D]``.
+
+        ``tokens``: the tokens at ``t + 1, t + 2, ...`` (``[...]`` for the next token alone, or ``[..., n]``);
+        a head reads the first :meth:`tokens_read` of them.
+        """
         hidden = hidden.to(self.lm_weight.dtype)
         embedding = None
-        if self.embed_weight is not None:
-            if next_token is None:
+        need = self.tokens_read(head)
+        if need:
+            if tokens is None:
                 raise ValueError("these heads read the next token: pass next_token")
-            embedding = F.embedding(torch.as_tensor(next_token, device=hidden.device),
-                                    self.embed_weight).to(hidden.dtype)
+            tokens = torch.as_tensor(tokens, device=hidden.device)
+            if tokens.dim() < hidden.dim():
+                tokens = tokens.unsqueeze(-1)
+            if tokens.shape[-1] < need:
+                raise ValueError(f"head {head} reads {need} tokens (t+1..t+{need}), got {tokens.shape[-1]}")
+            embedding = F.embedding(tokens[..., :need], self.embed_weight).to(hidden.dtype).flatten(-2)
         return self.heads[head - 1](hidden, embedding)
 
-    def head_logits(self, hidden: torch.Tensor, head: int, next_token: torch.Tensor | None = None) -> torch.Tensor:
+    def head_logits(self, hidden: torch.Tensor, head: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of ``head`` for the token at offset ``head`` after the next one.  Head 0 is the backbone's
         LM head over the whole vocabulary; heads ``h >= 1`` score their vocabulary (see :meth:`token_ids`).
-        ``next_token`` (the token at ``t + 1``, shape ``hidden.shape[:-1]``) is needed by token-conditioned
-        heads."""
+        ``tokens`` (the token at ``t + 1``, shape ``hidden.shape[:-1]``, or the tokens ``t + 1 ..``, shape
+        ``[..., n]``) are needed by token-conditioned heads (see :meth:`head_state`)."""
         if head == 0:
             hidden = hidden.to(self.lm_weight.dtype)
             return self._project(hidden, self.lm_weight, self.lm_bias)
         weight, bias = self._output(head)
-        return self._project(self.head_state(hidden, head, next_token), weight, bias)
+        return self._project(self.head_state(hidden, head, tokens), weight, bias)
 
     def router_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., H]`` raw router scores (activation logits) for hidden states ``[..., D]``."""
@@ -225,7 +244,10 @@ class HeadStack(nn.Module):
     @torch.no_grad()
     def draft_logits(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None) -> torch.Tensor:
         """``[len(chain), V_heads]`` logits of the heads in ``chain`` for one hidden state ``[D]``: one output
-        projection for all of them when they share the LM head."""
+        projection for all of them when they share the LM head.  Heads that read earlier drafts
+        (``chain_conditioning``) need them: use :meth:`draft_tokens`."""
+        if any(self.tokens_read(head) > 1 for head in chain):
+            raise ValueError("chain-conditioned heads draft one after another: use draft_tokens")
         token = None if next_token is None else torch.tensor(int(next_token))
         states = [self.head_state(hidden, head, token) for head in chain]
         if self.config.untie_heads:
@@ -237,11 +259,22 @@ class HeadStack(nn.Module):
         return self._project(stacked, weight, bias)[: len(chain)]
 
     @torch.no_grad()
-    def draft_tokens(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None) -> list[int]:
-        """Greedy token of each head in ``chain`` for one hidden state ``[D]``."""
+    def draft_tokens(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None,
+                     pick: Callable[[torch.Tensor], int] | None = None) -> list[int]:
+        """The draft of each head in ``chain`` for one hidden state ``[D]``: ``pick`` (default: argmax) of its
+        logits, as a token id.  Chain-conditioned heads run one after another, each reading the drafts
+        before it; the others share one output projection."""
         if not chain:
             return []
-        return self.token_ids(self.draft_logits(hidden, chain, next_token).argmax(-1)).tolist()
+        pick = pick or (lambda logits: int(logits.argmax(-1)))
+        if all(self.tokens_read(head) <= 1 for head in chain):
+            rows = self.draft_logits(hidden, chain, next_token)
+            return self.token_ids(torch.tensor([pick(row) for row in rows], device=rows.device)).tolist()
+        tokens = [int(next_token)] if next_token is not None else []
+        for head in chain:
+            logits = self.head_logits(hidden, head, torch.tensor(tokens, device=hidden.device))
+            tokens.append(int(self.token_ids(torch.tensor(pick(logits), device=logits.device))))
+        return tokens[1:]
 
 
 class MultiTokenModel:

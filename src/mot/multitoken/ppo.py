@@ -79,12 +79,14 @@ def composite_reward(drafts: torch.Tensor, chain_length: torch.Tensor, reference
     return reward, parts
 
 
-def _policy(model: MultiTokenModel, hidden: torch.Tensor, next_token: torch.Tensor):
+def _policy(model: MultiTokenModel, hidden: torch.Tensor, tokens: torch.Tensor):
     """Gate logits ``[N, H-1]`` and per-head token log-probabilities ``[N, H-1, V_heads]`` (rows of the
-    heads' vocabulary: ``heads.token_ids`` maps them to token ids)."""
+    heads' vocabulary: ``heads.token_ids`` maps them to token ids).  ``tokens [N, H-1]``: the reference
+    tokens ``t + 1 ..``, which chain-conditioned heads read (a draft after a wrong one is never accepted,
+    so conditioning on the reference changes no reward)."""
     heads = model.heads
     scores = heads.router_scores(hidden)[:, 1:]
-    token_logp = torch.stack([F.log_softmax(heads.head_logits(hidden, h, next_token).float(), -1)
+    token_logp = torch.stack([F.log_softmax(heads.head_logits(hidden, h, tokens).float(), -1)
                               for h in range(1, heads.num_heads)], dim=1)
     return scores, token_logp
 
@@ -152,18 +154,18 @@ def train_ppo(model: MultiTokenModel, dataset: SequenceDataset, run_dir: str | P
         step_mask, labels = step_targets(ids, response, num_heads)
         hidden = hidden[step_mask.to(hidden.device)].detach()
         reference = labels[step_mask][:, 1:].to(hidden.device)
-        next_token = labels[step_mask][:, 0].to(hidden.device)
+        read = labels[step_mask][:, :-1].clamp_min(0).to(hidden.device)
         if hidden.shape[0] == 0 or num_heads < 2:
             step += 1
             continue
         with torch.no_grad():
-            scores, token_logp = _policy(model, hidden, next_token)
+            scores, token_logp = _policy(model, hidden, read)
             gates, chain, drafts = _sample(scores, token_logp, k_max, generator)
             old_logp = _log_prob(scores, token_logp, gates, drafts, chain, k_max)
             reward, parts = composite_reward(heads.token_ids(drafts), chain, reference, k_max, cfg)
             advantage = (reward - reward.mean()) / (reward.std() + 1e-6) if reward.numel() > 1 else reward * 0
         for _ in range(cfg.epochs):
-            scores, token_logp = _policy(model, hidden, next_token)
+            scores, token_logp = _policy(model, hidden, read)
             ratio = (_log_prob(scores, token_logp, gates, drafts, chain, k_max) - old_logp).exp()
             surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * advantage)
             p = torch.sigmoid(scores)

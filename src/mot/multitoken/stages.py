@@ -1,12 +1,14 @@
 """The curriculum's training stages as ``TrainTask``s for the shared Trainer.
 
 Stage 1: teacher-forced cross-entropy, every head at every decoding step (labels shifted by ``1 + h``).
-Stage 2: as training progresses from 0 to 1, each example is taken from the dataset with probability
-``1 - progress`` (teacher forcing) and otherwise replaced by the backbone's own greedy continuation of its
-question (self-distillation: what verification accepts), and the number of active heads anneals from ``H``
-to ``k_max``.  Only the router's active heads get the cross-entropy.  The router learns, per head, whether
-its draft would be accepted (BCE against "every head up to this one matched"), plus load-balancing, entropy
-and budget losses.
+Stage 2: as training progresses from 0 to 1, each example keeps the dataset's tokens as targets with
+probability ``1 - progress`` (teacher forcing) and otherwise learns the backbone's own greedy chain
+(self-distillation: what verification accepts), and the number of active heads anneals from ``H`` to
+``k_max``.  The greedy chain comes from the same teacher-forced pass (:func:`chain_targets`: exact wherever
+the sequence pins it down) or, when generated continuations are attached, from the backbone's own greedy
+text (every target known, at the cost of generating it).  Only the router's active heads get the
+cross-entropy.  The router learns, per head, whether its draft would be accepted (BCE against "every head
+up to this one matched"), plus load-balancing, entropy and budget losses.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mot.multitoken.data import SequenceDataset, collate_sequences, step_targets
+from mot.multitoken.data import SequenceDataset, chain_targets, collate_sequences, step_targets
 from mot.multitoken.model import MultiTokenModel, active_heads
 from mot.routing import budget_loss, entropy_loss, load_balancing_loss
 
@@ -85,43 +87,63 @@ class MultiTokenTask:
 
     # ------------------------------------------------------------------------------------------- losses
 
-    def _pick_rows(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """Stage 2: each row from the data with the teacher-forcing probability, else its greedy version."""
+    def _pick_rows(self, batch: dict[str, torch.Tensor]):
+        """``(ids, attention, response, use_data [B], teacher_forcing)``.  Stage 2: each row keeps the data's
+        targets with the teacher-forcing probability; the others learn the greedy chain, on their greedy
+        continuation when one is attached."""
         ids, attention, response = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        if self.stage == 1 or "greedy_ids" not in batch:
-            return ids, attention, response, 1.0
+        if self.stage == 1:
+            return ids, attention, response, torch.ones(ids.shape[0], dtype=torch.bool), 1.0
         teacher_forcing = 1.0 - min(max(self.progress(), 0.0), 1.0)
-        use_data = (torch.rand(ids.shape[0]) < teacher_forcing).to(ids.device)[:, None]
-        ids = torch.where(use_data, ids, batch["greedy_ids"])
-        attention = torch.where(use_data, attention, batch["greedy_attention_mask"])
-        response = torch.where(use_data, response, batch["greedy_response_mask"])
-        return ids, attention, response, teacher_forcing
+        use_data = torch.rand(ids.shape[0]) < teacher_forcing
+        if "greedy_ids" in batch:
+            pick = use_data.to(ids.device)[:, None]
+            ids = torch.where(pick, ids, batch["greedy_ids"])
+            attention = torch.where(pick, attention, batch["greedy_attention_mask"])
+            response = torch.where(pick, response, batch["greedy_response_mask"])
+        return ids, attention, response, use_data, teacher_forcing
 
-    def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone states ``[B, T, D]`` and its greedy guess at every position ``[B, T]``."""
         if self.hidden_cache is None:
-            return self.model.backbone_step(ids, attention_mask=attention, use_cache=False)[0]
+            hidden, logits, _ = self.model.backbone_step(ids, attention_mask=attention, use_cache=False)
+            return hidden, logits.argmax(-1).to(hidden.device)
         lengths = attention.sum(1).tolist()
         keys = [ids[b, :n].cpu().numpy().tobytes() for b, n in enumerate(lengths)]
         missing = [b for b, key in enumerate(keys) if key not in self.hidden_cache]
         if missing:
-            fresh = self.model.backbone_step(ids[missing], attention_mask=attention[missing], use_cache=False)[0]
+            fresh, logits, _ = self.model.backbone_step(ids[missing], attention_mask=attention[missing],
+                                                        use_cache=False)
+            guesses = logits.argmax(-1).to(fresh.device)
             for row, b in enumerate(missing):
-                self.hidden_cache[keys[b]] = fresh[row, : lengths[b]].detach()
+                self.hidden_cache[keys[b]] = (fresh[row, : lengths[b]].detach(), guesses[row, : lengths[b]])
+        first = self.hidden_cache[keys[0]][0]
         hidden = torch.zeros(ids.shape[0], ids.shape[1], self.module.hidden_size, device=self.model.heads_device,
-                             dtype=self.hidden_cache[keys[0]].dtype)
+                             dtype=first.dtype)
+        greedy = torch.zeros(ids.shape, dtype=torch.long, device=self.model.heads_device)
         for b, key in enumerate(keys):
-            hidden[b, : lengths[b]] = self.hidden_cache[key]
-        return hidden
+            states, guesses = self.hidden_cache[key]
+            hidden[b, : lengths[b]] = states
+            greedy[b, : lengths[b]] = guesses
+        return hidden, greedy
 
-    def _forward(self, ids, attention, response):
+    def _forward(self, ids, attention, response, use_data: torch.Tensor | None = None):
         """Step states ``[N, D]``, labels ``[N, H]`` and, per head ``h``, the backbone's own state at ``t + h``
-        (``[N, H, D]``, row 0 unused): what the LM head turns into the backbone's guess for ``t + 1 + h``."""
+        (``[N, H, D]``, row 0 unused): what the LM head turns into the backbone's guess for ``t + 1 + h``.
+
+        Rows with ``use_data`` learn the data's tokens (teacher forcing), the others (all when ``use_data``
+        is None) the backbone's greedy chain (:func:`chain_targets`)."""
         heads = self.module
-        full = self._hidden(ids, attention).to(heads.lm_weight.dtype)
-        step_mask, labels = step_targets(ids, response, heads.num_heads)
+        full, greedy = self._hidden(ids, attention)
+        full = full.to(heads.lm_weight.dtype)
+        step_mask, labels = chain_targets(ids.to(greedy.device), greedy, response, heads.num_heads,
+                                          self.model.eos_token_ids)
+        if use_data is not None and bool(use_data.any()):
+            _, data_labels = step_targets(ids, response, heads.num_heads)
+            labels = torch.where(use_data.to(labels.device)[:, None, None], data_labels.to(labels.device), labels)
         select = step_mask.to(full.device)
         hidden = full[select]  # [N, D]
-        labels = labels[step_mask].to(full.device)  # [N, H]
+        labels = labels[select].to(full.device)  # [N, H]
         future = [hidden]
         for head in range(1, heads.num_heads):
             shifted = torch.zeros_like(full)
@@ -129,11 +151,16 @@ class MultiTokenTask:
             future.append(shifted[select])
         return hidden, labels, torch.stack(future, dim=1)
 
+    @staticmethod
+    def _read_tokens(labels: torch.Tensor) -> torch.Tensor:
+        """The tokens ``t + 1 ..`` heads read (the labels before their own; ``-100`` only where unused)."""
+        return labels[:, :-1].clamp_min(0) if labels.shape[1] > 1 else labels.clamp_min(0)
+
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         heads = self.module
         num_heads, cfg = heads.num_heads, heads.config
-        ids, attention, response, teacher_forcing = self._pick_rows(batch)
-        hidden, labels, future = self._forward(ids, attention, response)
+        ids, attention, response, use_data, teacher_forcing = self._pick_rows(batch)
+        hidden, labels, future = self._forward(ids, attention, response, use_data)
         metrics: dict[str, float] = {"tokens": float(hidden.shape[0])}
         k = num_heads if self.stage == 1 else active_count(num_heads, cfg.k_max, self.progress())
         scores = heads.router_scores(hidden.detach())
@@ -146,7 +173,7 @@ class MultiTokenTask:
             for head in range(1, num_heads):
                 use = (labels[:, head] >= 0) & active[:, head]
                 if use.any():
-                    feature = F.smooth_l1_loss(heads.head_state(hidden[use], head, labels[use, 0]),
+                    feature = F.smooth_l1_loss(heads.head_state(hidden[use], head, self._read_tokens(labels[use])),
                                                future[use, head])
                     feature_total, trained = feature_total + feature, trained + 1
                     metrics[f"feature/head_{head}"] = feature.item()
@@ -160,16 +187,24 @@ class MultiTokenTask:
         correct[:, 0] = True
         rows = heads.vocab_rows(labels)  # targets as rows of the heads' (draft) vocabulary
         ce_total, trained = hidden.new_zeros(()), 0
+        tokens = self._read_tokens(labels)
         for head in range(1, num_heads):
             valid = labels[:, head] >= 0
+            metrics[f"targets/head_{head}"] = valid.float().mean().item() if len(valid) else 0.0
+            # only steps with a target in the heads' vocabulary pay for the vocabulary projection
+            scored = (rows[:, head] >= 0).nonzero()[:, 0]
+            if scored.numel() == 0:
+                metrics[f"acc/head_{head}"] = 0.0
+                continue
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ce_weight > 0):
-                logits = heads.head_logits(hidden, head, labels[:, 0])
+                logits = heads.head_logits(hidden[scored], head, tokens[scored])
+            target = rows[scored, head]
             with torch.no_grad():
-                correct[:, head] = (logits.argmax(-1) == rows[:, head]) & (rows[:, head] >= 0)
-                metrics[f"acc/head_{head}"] = (correct[valid, head].float().mean().item() if valid.any() else 0.0)
-            use = (rows[:, head] >= 0) & active[:, head]
+                correct[scored, head] = logits.argmax(-1) == target
+                metrics[f"acc/head_{head}"] = correct[valid, head].float().mean().item() if valid.any() else 0.0
+            use = active[scored, head]
             if use.any() and cfg.ce_weight > 0:
-                ce = F.cross_entropy(logits[use], rows[use, head])
+                ce = F.cross_entropy(logits[use], target[use])
                 ce_total, trained = ce_total + ce, trained + 1
                 metrics[f"ce/head_{head}"] = ce.item()
         ce_loss = ce_total / max(trained, 1)
@@ -197,8 +232,9 @@ class MultiTokenTask:
         return loss, metrics
 
     def evaluate(self, batches) -> dict[str, float]:
-        """Validation on the sequences verification sees (greedy ones when attached): CE, per-head
-        acceptance along the chain, and the teacher-forced estimate of tokens per backbone pass."""
+        """Validation against the backbone's greedy chain (on its greedy continuations when attached, else
+        on the data, where a step whose chain the data does not pin down counts as rejected: a lower
+        bound): CE, per-head acceptance along the chain, and the estimate of tokens per backbone pass."""
         heads = self.module
         num_heads = heads.num_heads
         k = num_heads if self.stage == 1 else heads.config.k_max
@@ -216,9 +252,10 @@ class MultiTokenTask:
             correct = torch.zeros_like(labels, dtype=torch.bool)
             correct[:, 0] = True
             rows = heads.vocab_rows(labels)
+            tokens = self._read_tokens(labels)
             for head in range(1, num_heads):
                 valid = rows[:, head] >= 0
-                logits = heads.head_logits(hidden, head, labels[:, 0])
+                logits = heads.head_logits(hidden, head, tokens)
                 correct[:, head] = (logits.argmax(-1) == rows[:, head]) & valid
                 if valid.any():
                     ce_sum += F.cross_entropy(logits[valid], rows[valid, head], reduction="sum").item()
