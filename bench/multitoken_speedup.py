@@ -61,8 +61,9 @@ def main() -> None:
     parser.add_argument("--feature-weight", type=float, default=0.0)
     parser.add_argument("--draft-vocab", type=int, default=8192, help="heads score this many frequent tokens (0: all)")
     parser.add_argument("--no-token-conditioning", action="store_true", help="plain Medusa heads (h_t only)")
-    parser.add_argument("--chain-conditioning", action="store_true", help="head h reads heads 1..h-1's drafts")
-    parser.add_argument("--self-distill", default="chain", choices=["chain", "generate"])
+    parser.add_argument("--no-chain-conditioning", action="store_true",
+                        help="head h reads only t+1, not heads 1..h-1's drafts")
+    parser.add_argument("--self-distill", default="generate", choices=["generate", "chain"])
     parser.add_argument("--untie", action="store_true", help="each head trains its own output projection")
     parser.add_argument("--head-layers", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.0, help="draft a head only while P(accept) >= this")
@@ -106,7 +107,7 @@ def main() -> None:
     config = MultiTokenConfig(num_heads=args.heads, k_max=args.k_max, feature_weight=args.feature_weight,
                               train_positions=args.train_positions or None, draft_vocab_size=args.draft_vocab or None,
                               token_conditioning=not args.no_token_conditioning, untie_heads=args.untie,
-                              chain_conditioning=args.chain_conditioning,
+                              chain_conditioning=not args.no_chain_conditioning,
                               head_layers=args.head_layers, draft_threshold=args.threshold)
     model = MultiTokenModel(backbone, tokenizer, config, backbone_spec=args.model)
     cfg = CurriculumConfig(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mot.errors import UsageError
 from mot.generation import GenerationParams
 from mot.multitoken import Example, MultiTokenConfig, decode, load_multitoken, train_curriculum
 from mot.multitoken.data import chain_targets, step_targets
@@ -62,8 +61,8 @@ def test_chain_targets_stop_at_eos():
 
 
 def test_chain_conditioning_needs_token_conditioning_and_old_checkpoints_load_without_it():
-    with pytest.raises(UsageError, match="chain_conditioning"):
-        MultiTokenConfig(token_conditioning=False, chain_conditioning=True)
+    assert MultiTokenConfig().chain_conditioning is True
+    assert MultiTokenConfig(token_conditioning=False).chain_conditioning is False  # plain Medusa heads
     old = MultiTokenConfig().to_dict()
     del old["chain_conditioning"]
     assert MultiTokenConfig.from_dict(old).chain_conditioning is False
@@ -101,7 +100,7 @@ def test_decoding_with_chain_conditioned_heads_is_exact(make_model, family):
 
 
 def test_chain_self_distillation_learns_from_text_without_generating(make_model, tmp_path, monkeypatch):
-    """self_distill="chain" (the default) trains on the data's own forward pass: on text that is the
+    """self_distill="chain" trains on the data's own forward pass: on text that is the
     backbone's greedy output every target is set and accepted tokens per pass rise; nothing is generated."""
     import mot.multitoken.curriculum as curriculum
     from mot.multitoken.data import SequenceDataset
@@ -121,7 +120,7 @@ def test_chain_self_distillation_learns_from_text_without_generating(make_model,
     monkeypatch.setattr(curriculum, "SequenceDataset", GreedyText)
     examples = [Example(q, "x", i + 1) for i, q in enumerate(QUESTIONS)]
     out = train_curriculum(model, examples, tmp_path / "run", _cfg(stage1_epochs=0, stage2_epochs=60,
-                                                                    learning_rate=1e-2))
+                                                                    learning_rate=1e-2, self_distill="chain"))
     assert not list((tmp_path / "run").rglob("greedy_*.safetensors"))
     trained = load_multitoken(out["s2"], backbone=(model.backbone, model.tokenizer))
     assert trained.config.chain_conditioning

@@ -35,9 +35,9 @@ def test_heads_at_init_are_exactly_the_backbone_next_token_predictor(make_model,
     reference = model.backbone(ids).logits[0]
     hidden, logits, _ = model.backbone_step(ids)
     assert torch.equal(logits[0], reference)
-    for head in range(4):
-        next_token = reference.argmax(-1)  # token-conditioned heads read it; zero-initialised, it changes nothing
-        assert torch.equal(model.heads.head_logits(hidden[0], head, next_token), reference), head
+    read = torch.randint(0, model.heads.vocab_size, (reference.shape[0], 3))  # tokens t+1.. (chain-conditioned)
+    for head in range(4):  # zero-initialised, the tokens the heads read change nothing
+        assert torch.equal(model.heads.head_logits(hidden[0], head, read), reference), head
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gemma3_text"])  # gemma3: sliding window 16

@@ -48,11 +48,12 @@ def train(
                                      help="Give each head its own trainable copy of the LM head."),
     token_conditioning: bool = typer.Option(True, "--token-conditioning/--no-token-conditioning",
                                             help="Heads also read the next token's embedding (known when drafting)."),
-    chain_conditioning: bool = typer.Option(False, "--chain-conditioning/--no-chain-conditioning",
+    chain_conditioning: bool = typer.Option(True, "--chain-conditioning/--no-chain-conditioning",
                                             help="Head h also reads the drafts of heads 1..h-1 (Hydra-style)."),
-    self_distill: str = typer.Option("chain", "--self-distill",
-                                     help="Stage-2 greedy targets: chain (read off the data's forward pass) "
-                                          "or generate (generate every continuation first; slow on CPU)."),
+    self_distill: str = typer.Option("generate", "--self-distill",
+                                     help="Stage-2 greedy targets: generate (the backbone's continuation of "
+                                          "every question) or chain (read off the data's forward pass: no "
+                                          "generation, easier steps only)."),
     draft_vocab: int = typer.Option(0, "--draft-vocab",
                                     help="Heads score only this many frequent target tokens (0: whole vocabulary)."),
     dtype: str = typer.Option("float32", "--dtype", help="Backbone dtype: float32|bfloat16|float16."),

@@ -23,8 +23,9 @@ class MultiTokenConfig:
     head_layers: int = 1  # residual blocks per head
     untie_heads: bool = False  # True: each head trains its own copy of the LM head (Medusa-1); False: shared, frozen
     token_conditioning: bool = True  # heads also read the embedding of the next token (t + 1), known when drafting
-    # Hydra-style: head h reads all h tokens t+1..t+h (the backbone's next token, then heads 1..h-1's drafts)
-    chain_conditioning: bool = False
+    # Hydra-style: head h reads all h tokens t+1..t+h (the backbone's next token, then heads 1..h-1's drafts);
+    # needs token_conditioning (off without it)
+    chain_conditioning: bool = True
     draft_vocab_size: int | None = None  # heads score only this many frequent token ids (None: whole vocabulary)
     router_hidden: int | None = None  # default: the backbone's hidden size
     router_layers: int = 3
@@ -51,8 +52,8 @@ class MultiTokenConfig:
             raise UsageError("multitoken: head_layers and router_layers must be >= 1")
         if not 0.0 <= self.draft_threshold <= 1.0:
             raise UsageError(f"multitoken: draft_threshold must be in [0, 1], got {self.draft_threshold}")
-        if self.chain_conditioning and not self.token_conditioning:
-            raise UsageError("multitoken: chain_conditioning reads token embeddings: it needs token_conditioning")
+        if not self.token_conditioning:  # chain conditioning reads token embeddings: off without them
+            self.chain_conditioning = False
         if self.draft_vocab_size is not None and self.draft_vocab_size < 2:
             raise UsageError(f"multitoken: draft_vocab_size must be >= 2 (or None), got {self.draft_vocab_size}")
         if self.train_positions is not None and self.train_positions < 1:

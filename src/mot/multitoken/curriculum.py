@@ -40,10 +40,11 @@ class CurriculumConfig:
     keep_last: int | None = 2
     seed: int = 0
     device: str = "auto"  # where the heads train (the backbone stays where it was loaded)
-    # Where stage 2's greedy targets come from: "chain" reads them off the teacher-forced pass over the data
-    # (exact wherever the data pins the backbone's greedy chain down; no generation), "generate" first
-    # generates the backbone's greedy continuation of every question (every target known; slow on a CPU).
-    self_distill: str = "chain"
+    # Where stage 2's greedy targets come from: "generate" first generates the backbone's greedy continuation
+    # of every question (every target known); "chain" reads them off the teacher-forced pass over the data
+    # (exact wherever the data pins the backbone's greedy chain down; no generation, but only at steps where
+    # the backbone agrees with the data, which are easier than decoding's: measured worse, docs/multitoken.md)
+    self_distill: str = "generate"
     greedy_max_new_tokens: int | None = None  # cap on generated continuations (self_distill="generate", PPO)
     greedy_batch: int = 16  # prompts per batched generate() when making them
     log_every: int = 10
