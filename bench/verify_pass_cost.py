@@ -1,0 +1,67 @@
+"""What a verification pass costs: one cached backbone step over N new rows, as a ratio to a 1-row step.
+
+Speculative decoding pays one pass of ``1 + drafts`` rows per step; this is the break-even the drafts must beat
+(tokens per pass > cost ratio).  Each width is timed on the same prefix, interleaved, median of ``--reps``.
+Writes ``bench/results/verify_pass_cost.json``.
+
+    python bench/verify_pass_cost.py [--model smollm2-135m] [--threads 2] [--prefix 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "verify_pass_cost.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prefix", type=int, default=200, help="tokens already in the KV cache")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 16])
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import DynamicCache
+
+    from mot.experts.resolve import resolve_expert
+
+    backbone, _ = resolve_expert(args.model, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    prefix = torch.randint(100, 20000, (1, args.prefix), generator=generator)
+    with torch.no_grad():
+        cache = backbone(input_ids=prefix, past_key_values=DynamicCache(config=backbone.config),
+                         use_cache=True).past_key_values
+        times: dict[int, list[float]] = {rows: [] for rows in args.rows}
+        for _ in range(args.reps):
+            for rows in args.rows:  # interleaved, so drifting load hits every width alike
+                feed = torch.randint(100, 20000, (1, rows), generator=generator)
+                start = time.perf_counter()
+                backbone(input_ids=feed, past_key_values=cache, use_cache=True)
+                times[rows].append(time.perf_counter() - start)
+                cache.crop(-rows)
+    one = statistics.median(times[args.rows[0]])
+    result = {
+        "model": args.model, "threads": args.threads, "prefix": args.prefix, "dtype": "float32",
+        "median_ms": {str(r): statistics.median(t) * 1e3 for r, t in times.items()},
+        "ratio_to_first": {str(r): statistics.median(t) / one for r, t in times.items()},
+        "command": f"python bench/verify_pass_cost.py --model {args.model} --threads {args.threads} "
+                   f"--prefix {args.prefix}",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_name(RESULTS.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(RESULTS)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
