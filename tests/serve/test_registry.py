@@ -89,3 +89,30 @@ def test_moellama_directory_is_served_with_its_own_sampler(tmp_path, load_tiny):
     expected = entry.generator.generate([body["messages"]], GenerationParams(max_new_tokens=5))[0]
     assert reply["choices"][0]["message"]["content"] == expected
     assert client.post("/v1/chat/completions", json={**body, "max_tokens": 64}).status_code == 400
+
+
+def test_multitoken_checkpoint_is_served_verified_with_prompt_lookup(load_tiny, tiny_experts, tmp_path):
+    """A multi-token checkpoint directory (moe_meta.json) loads as its own kind; the reply is exactly the
+    backbone's greedy output (verified decoding with prompt lookup)."""
+    import torch
+
+    from mot.multitoken import MultiTokenConfig, MultiTokenModel
+    from mot.multitoken.io import save_multitoken
+
+    backbone, tokenizer = load_tiny("llama")
+    torch.manual_seed(0)
+    model = MultiTokenModel(backbone, tokenizer, MultiTokenConfig(num_heads=3, k_max=3),
+                            backbone_spec=str(tiny_experts["llama"].path))
+    save_multitoken(model, tmp_path / "s2", stage="s2", metrics={})
+    registry = ModelRegistry.from_specs([f"mt={tmp_path / 's2'}"])
+    entry = registry.get("mt")
+    assert entry.kind == "multitoken" and entry.generator.lookup > 0
+    prompt = "import os\nimport sys\nimport os\nimport"
+    reply = TestClient(create_app(registry)).post(
+        "/v1/completions", json={"model": "mt", "prompt": prompt, "max_tokens": 12, "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    reference = backbone.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                  pad_token_id=0)[0, ids.shape[1]:]
+    assert reply.json()["choices"][0]["text"] == tokenizer.decode(reference, skip_special_tokens=True)
+    assert entry.generator.stats.lookup_passes > 0  # the repeated prompt gave the lookup something to copy

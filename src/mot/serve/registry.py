@@ -36,6 +36,11 @@ from mot.generation import Message, TextGenerator
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
+# Multi-token checkpoints are served verified (the backbone's own output) with up to this many prompt-lookup
+# drafts per pass: exact, and on code 1.54x generate() against 0.99x for the heads alone (README).
+MULTITOKEN_LOOKUP = 5
+
+
 @dataclass
 class ModelEntry:
     """One servable name."""
@@ -126,8 +131,15 @@ class ModelRegistry:
         return registry
 
     def load(self, name: str, spec: str, **load_kwargs: Any) -> list[ModelEntry]:
-        """Load ``spec`` and register it under ``name`` (MoT checkpoints: ``name:fast`` and ``name:full``)."""
+        """Load ``spec`` and register it under ``name`` (MoT checkpoints: ``name:fast`` and ``name:full``;
+        multi-token checkpoints: verified decoding with prompt lookup, exactly the backbone's output)."""
         path = Path(spec).expanduser()
+        if path.is_dir() and (path / "moe_meta.json").is_file():
+            from mot.multitoken import MultiTokenGenerator, load_multitoken
+
+            model = load_multitoken(path, backbone_device=load_kwargs.get("device") or "cpu")
+            generator = MultiTokenGenerator(model, name=name, lookup=MULTITOKEN_LOOKUP)
+            return [self.register(name, generator, kind="multitoken")]
         meta = _read_json(path / "config.json") if path.is_dir() else None
         if meta is not None and meta.get("format") == "mot-thoughts":
             return self._load_mot(name, path, **load_kwargs)
