@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from mot.errors import DataError
 
-__all__ = ["Example", "SequenceDataset", "chain_targets", "collate_sequences", "read_jsonl", "step_targets",
-           "tokenize_example"]
+__all__ = ["Example", "SequenceDataset", "chain_targets", "collate_sequences", "read_jsonl", "read_tokens",
+           "step_targets", "tokenize_example"]
 
 MAX_REPORTED_ERRORS = 5
 
@@ -193,3 +193,9 @@ def chain_targets(ids: torch.Tensor, greedy_next: torch.Tensor, response: torch.
         target[:, : length - head] = greedy_next[:, head:]
         labels[..., head] = torch.where(run & (target >= 0), target, torch.full_like(target, -100))
     return step_mask, labels
+
+
+def read_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """The tokens ``t + 1 ..`` that token-conditioned heads read at each step, from its labels ``[N, H]``
+    (``H >= 2``): the labels before the last head's, ``-100`` clamped to 0 where no head uses it."""
+    return labels[:, :-1].clamp_min(0)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mot.multitoken.data import SequenceDataset, collate_sequences, step_targets
+from mot.multitoken.data import SequenceDataset, collate_sequences, read_tokens, step_targets
 from mot.multitoken.model import MultiTokenModel
 
 __all__ = ["PPOConfig", "composite_reward", "train_ppo"]
@@ -154,7 +154,7 @@ def train_ppo(model: MultiTokenModel, dataset: SequenceDataset, run_dir: str | P
         step_mask, labels = step_targets(ids, response, num_heads)
         hidden = hidden[step_mask.to(hidden.device)].detach()
         reference = labels[step_mask][:, 1:].to(hidden.device)
-        read = labels[step_mask][:, :-1].clamp_min(0).to(hidden.device)
+        read = read_tokens(labels[step_mask]).to(hidden.device)
         if hidden.shape[0] == 0 or num_heads < 2:
             step += 1
             continue

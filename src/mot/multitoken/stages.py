@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mot.multitoken.data import SequenceDataset, chain_targets, collate_sequences, step_targets
+from mot.multitoken.data import SequenceDataset, chain_targets, collate_sequences, read_tokens, step_targets
 from mot.multitoken.model import MultiTokenModel, active_heads
 from mot.routing import budget_loss, entropy_loss, load_balancing_loss
 
@@ -136,11 +136,15 @@ class MultiTokenTask:
         heads = self.module
         full, greedy = self._hidden(ids, attention)
         full = full.to(heads.lm_weight.dtype)
-        step_mask, labels = chain_targets(ids.to(greedy.device), greedy, response, heads.num_heads,
-                                          self.model.eos_token_ids)
-        if use_data is not None and bool(use_data.any()):
-            _, data_labels = step_targets(ids, response, heads.num_heads)
-            labels = torch.where(use_data.to(labels.device)[:, None, None], data_labels.to(labels.device), labels)
+        if use_data is not None and bool(use_data.all()):  # teacher forcing throughout (stage 1): no chain
+            step_mask, labels = step_targets(ids, response, heads.num_heads)
+        else:
+            step_mask, labels = chain_targets(ids.to(greedy.device), greedy, response, heads.num_heads,
+                                              self.model.eos_token_ids)
+            if use_data is not None and bool(use_data.any()):
+                _, data_labels = step_targets(ids, response, heads.num_heads)
+                labels = torch.where(use_data.to(labels.device)[:, None, None], data_labels.to(labels.device),
+                                     labels)
         select = step_mask.to(full.device)
         hidden = full[select]  # [N, D]
         labels = labels[select].to(full.device)  # [N, H]
@@ -151,10 +155,14 @@ class MultiTokenTask:
             future.append(shifted[select])
         return hidden, labels, torch.stack(future, dim=1)
 
-    @staticmethod
-    def _read_tokens(labels: torch.Tensor) -> torch.Tensor:
-        """The tokens ``t + 1 ..`` heads read (the labels before their own; ``-100`` only where unused)."""
-        return labels[:, :-1].clamp_min(0) if labels.shape[1] > 1 else labels.clamp_min(0)
+    def _scored_logits(self, hidden: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor, head: int):
+        """``(steps, logits, targets)`` of ``head`` at the steps whose target is in the heads' vocabulary
+        (``rows`` from ``vocab_rows``): only those steps pay for the vocabulary projection.  ``logits`` is
+        None when there are none."""
+        scored = (rows[:, head] >= 0).nonzero()[:, 0]
+        if scored.numel() == 0:
+            return scored, None, None
+        return scored, self.module.head_logits(hidden[scored], head, tokens[scored]), rows[scored, head]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         heads = self.module
@@ -173,7 +181,7 @@ class MultiTokenTask:
             for head in range(1, num_heads):
                 use = (labels[:, head] >= 0) & active[:, head]
                 if use.any():
-                    feature = F.smooth_l1_loss(heads.head_state(hidden[use], head, self._read_tokens(labels[use])),
+                    feature = F.smooth_l1_loss(heads.head_state(hidden[use], head, read_tokens(labels[use])),
                                                future[use, head])
                     feature_total, trained = feature_total + feature, trained + 1
                     metrics[f"feature/head_{head}"] = feature.item()
@@ -187,18 +195,15 @@ class MultiTokenTask:
         correct[:, 0] = True
         rows = heads.vocab_rows(labels)  # targets as rows of the heads' (draft) vocabulary
         ce_total, trained = hidden.new_zeros(()), 0
-        tokens = self._read_tokens(labels)
+        tokens = read_tokens(labels)
         for head in range(1, num_heads):
             valid = labels[:, head] >= 0
             metrics[f"targets/head_{head}"] = valid.float().mean().item() if len(valid) else 0.0
-            # only steps with a target in the heads' vocabulary pay for the vocabulary projection
-            scored = (rows[:, head] >= 0).nonzero()[:, 0]
-            if scored.numel() == 0:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ce_weight > 0):
+                scored, logits, target = self._scored_logits(hidden, tokens, rows, head)
+            if logits is None:
                 metrics[f"acc/head_{head}"] = 0.0
                 continue
-            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ce_weight > 0):
-                logits = heads.head_logits(hidden[scored], head, tokens[scored])
-            target = rows[scored, head]
             with torch.no_grad():
                 correct[scored, head] = logits.argmax(-1) == target
                 metrics[f"acc/head_{head}"] = correct[valid, head].float().mean().item() if valid.any() else 0.0
@@ -252,14 +257,14 @@ class MultiTokenTask:
             correct = torch.zeros_like(labels, dtype=torch.bool)
             correct[:, 0] = True
             rows = heads.vocab_rows(labels)
-            tokens = self._read_tokens(labels)
+            tokens = read_tokens(labels)
             for head in range(1, num_heads):
-                valid = rows[:, head] >= 0
-                logits = heads.head_logits(hidden, head, tokens)
-                correct[:, head] = (logits.argmax(-1) == rows[:, head]) & valid
-                if valid.any():
-                    ce_sum += F.cross_entropy(logits[valid], rows[valid, head], reduction="sum").item()
-                    ce_count += int(valid.sum())
+                scored, logits, target = self._scored_logits(hidden, tokens, rows, head)
+                if logits is None:
+                    continue
+                correct[scored, head] = logits.argmax(-1) == target
+                ce_sum += F.cross_entropy(logits, target, reduction="sum").item()
+                ce_count += scored.numel()
             active = torch.zeros_like(labels, dtype=torch.bool)
             active.scatter_(1, active_heads(heads.router_scores(hidden), k), True)
             accepted_sum += (_accepted_chain(correct) * active.float().cumprod(-1)).sum(0).cpu()
