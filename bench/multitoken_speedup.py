@@ -44,6 +44,15 @@ def stdlib_examples(files: list[Path], count: int, prompt_chars: int, response_c
     return out[:count]
 
 
+def _tree_spec(spec: str) -> tuple[int, int]:
+    """``"6x3"`` -> (6 nodes, width 3); ``"6"`` -> (6, 3)."""
+    budget, _, width = spec.partition("x")
+    try:
+        return int(budget), int(width or 3)
+    except ValueError:
+        raise SystemExit(f"--tree takes NxW (nodes x width), e.g. 6x3; got {spec!r}") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -74,6 +83,10 @@ def main() -> None:
     parser.add_argument("--response-chars", type=int, default=200)
     parser.add_argument("--lookup", type=int, default=0,
                         help="also evaluate heads + prompt lookup (up to N tokens) and HF's prompt-lookup generate()")
+    parser.add_argument("--tree", nargs="*", default=[], metavar="NxW",
+                        help="also evaluate tree drafting: N nodes, W best paths per depth (e.g. 3x2 6x3)")
+    parser.add_argument("--no-skinny", action="store_true",
+                        help="verification passes on PyTorch's own linear path instead of mot.experts.skinny")
     parser.add_argument("--out", default="runs/bench-multitoken")
     parser.add_argument("--ckpt", default=None, help="Evaluate this trained checkpoint instead of training.")
     parser.add_argument("--results", default=str(RESULTS), help="where to write the JSON results")
@@ -81,6 +94,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
+    from mot.experts import skinny
     from mot.experts.resolve import resolve_expert
     from mot.generation import GenerationParams
     from mot.multitoken import (
@@ -120,14 +134,19 @@ def main() -> None:
         exported = train_curriculum(model, train, args.out, cfg)
         args.ckpt = str(exported["s2"])
     train_s = time.perf_counter() - t0
-    model = load_multitoken(args.ckpt, backbone=(backbone, tokenizer))
+    model = load_multitoken(args.ckpt, backbone=(backbone, tokenizer))  # installs the skinny path (inert)
     model.config.draft_threshold = args.threshold  # a decoding setting: may differ from the training run's
     trained_on = model.meta.get("metrics", {})
 
     params = GenerationParams(max_new_tokens=args.new_tokens)
     verified, lossy, looked = DecodeStats(), DecodeStats(lossy=True), DecodeStats()
-    base_s = mt_s = look_s = hf_look_s = 0.0
+    base_s = same_s = mt_s = look_s = hf_look_s = hf_look_same_s = 0.0
     exact = look_exact = hf_look_exact = agree = agree_total = 0
+    use_skinny = not args.no_skinny
+    trees = [_tree_spec(spec) for spec in args.tree]
+    tree_stats = {t: DecodeStats() for t in trees}
+    tree_s = dict.fromkeys(trees, 0.0)
+    tree_exact = dict.fromkeys(trees, 0)
     lossy_nll, lossy_count = 0.0, 0
     per_prompt = []
     pad = tokenizer.pad_token_id or 0
@@ -139,28 +158,49 @@ def main() -> None:
                                     max_new_tokens=args.new_tokens, pad_token_id=pad)
         base = time.perf_counter() - t
         reference = ref[0, ids.shape[1]:].tolist()
+        # like for like: the same generate() with the linear path the verified decoder uses
+        t = time.perf_counter()
+        with torch.no_grad(), skinny.skinny_rows(use_skinny):
+            same = backbone.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=args.new_tokens, pad_token_id=pad)
+        same_t = time.perf_counter() - t
+        if same[0, ids.shape[1]:].tolist() != reference:
+            logging.warning("prompt %d: generate() on the skinny path differs from stock", len(per_prompt) + 1)
         stats = DecodeStats()
         t = time.perf_counter()
-        tokens = list(decode_tokens(model, ids, params, stats=stats))
+        tokens = list(decode_tokens(model, ids, params, stats=stats, skinny_rows=use_skinny))
         ours = time.perf_counter() - t
-        base_s, mt_s = base_s + base, mt_s + ours
+        base_s, same_s, mt_s = base_s + base, same_s + same_t, mt_s + ours
         verified.merge(stats)
         exact += tokens == reference
         row = {"tokens": len(tokens), "tokens_per_pass": stats.tokens_per_pass, "speedup": base / ours,
-               "exact": tokens == reference}
+               "speedup_same_path": same_t / ours, "exact": tokens == reference}
+        for budget, width in trees:
+            stats_t = DecodeStats()
+            t = time.perf_counter()
+            tokens_t = list(decode_tokens(model, ids, params, stats=stats_t, skinny_rows=use_skinny, tree=budget,
+                                          tree_width=width))
+            tree_s[budget, width] += time.perf_counter() - t
+            tree_stats[budget, width].merge(stats_t)
+            tree_exact[budget, width] += tokens_t == reference
+            row[f"tree_{budget}x{width}_tokens_per_pass"] = stats_t.tokens_per_pass
         if args.lookup:
             # the heads plus prompt lookup, and HF's own prompt-lookup decoding for reference
             stats_l = DecodeStats()
             t = time.perf_counter()
-            tokens_l = list(decode_tokens(model, ids, params, stats=stats_l, lookup=args.lookup))
+            tokens_l = list(decode_tokens(model, ids, params, stats=stats_l, lookup=args.lookup,
+                                          skinny_rows=use_skinny))
             ours_l = time.perf_counter() - t
-            t = time.perf_counter()
-            with torch.no_grad():
-                hf = backbone.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                       max_new_tokens=args.new_tokens, pad_token_id=pad,
-                                       prompt_lookup_num_tokens=args.lookup)
-            hf_l = time.perf_counter() - t
-            look_s, hf_look_s = look_s + ours_l, hf_look_s + hf_l
+            hf_times = []
+            for path in (False, use_skinny):  # HF's prompt lookup on the stock path, then on ours
+                t = time.perf_counter()
+                with torch.no_grad(), skinny.skinny_rows(path):
+                    hf = backbone.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=args.new_tokens, pad_token_id=pad,
+                                           prompt_lookup_num_tokens=args.lookup)
+                hf_times.append(time.perf_counter() - t)
+            hf_l, hf_l_same = hf_times
+            look_s, hf_look_s, hf_look_same_s = look_s + ours_l, hf_look_s + hf_l, hf_look_same_s + hf_l_same
             looked.merge(stats_l)
             look_exact += tokens_l == reference
             hf_look_exact += hf[0, ids.shape[1]:].tolist() == reference
@@ -169,7 +209,7 @@ def main() -> None:
         per_prompt.append(row)
         # verify=False: lossy emission, scored against the backbone
         loose = DecodeStats(lossy=True)
-        unverified = list(decode_tokens(model, ids, params, verify=False, stats=loose))
+        unverified = list(decode_tokens(model, ids, params, verify=False, stats=loose, skinny_rows=use_skinny))
         lossy.merge(loose)
         n = min(len(unverified), len(reference))
         agree += sum(a == b for a, b in zip(unverified[:n], reference[:n], strict=True))
@@ -185,6 +225,7 @@ def main() -> None:
     # backbone's own perplexity on its greedy outputs is the reference point for the lossy perplexity
     result = {
         "backbone": args.model, "device": "cpu", "dtype": "float32", "threads": args.threads,
+        "linear_path": "skinny" if use_skinny else "stock",
         "heads": args.heads, "k_max": args.k_max, "train_examples": len(train), "eval_prompts": len(held_out),
         "new_tokens": args.new_tokens, "train_seconds": train_s, "load_seconds": load_s,
         "checkpoint": args.ckpt, "checkpoint_stage": model.meta.get("stage"), "checkpoint_metrics": trained_on,
@@ -192,8 +233,18 @@ def main() -> None:
             "accepted_tokens_per_pass": verified.tokens_per_pass,
             "head_acceptance": {str(h): a for h, a in verified.head_acceptance.items()},
             "speedup_vs_generate": base_s / mt_s, "generate_seconds": base_s, "multitoken_seconds": mt_s,
+            "speedup_vs_generate_same_path": same_s / mt_s, "generate_same_path_seconds": same_s,
             "exact_match_rate": exact / max(len(held_out), 1),
         },
+        **{f"verified_tree_{budget}x{width}": {
+            "tree_nodes": budget, "tree_width": width,
+            "accepted_tokens_per_pass": tree_stats[budget, width].tokens_per_pass,
+            "head_acceptance": {str(h): a for h, a in tree_stats[budget, width].head_acceptance.items()},
+            "speedup_vs_generate": base_s / tree_s[budget, width],
+            "speedup_vs_generate_same_path": same_s / tree_s[budget, width],
+            "multitoken_seconds": tree_s[budget, width],
+            "exact_match_rate": tree_exact[budget, width] / max(len(held_out), 1),
+        } for budget, width in trees},
         **({"verified_with_lookup": {
             "lookup_tokens": args.lookup,
             "accepted_tokens_per_pass": looked.tokens_per_pass,
@@ -203,6 +254,8 @@ def main() -> None:
             "speedup_vs_generate": base_s / look_s, "multitoken_seconds": look_s,
             "exact_match_rate": look_exact / max(len(held_out), 1),
             "hf_prompt_lookup_speedup_vs_generate": base_s / hf_look_s, "hf_prompt_lookup_seconds": hf_look_s,
+            "hf_prompt_lookup_same_path_speedup_vs_generate": base_s / hf_look_same_s,
+            "hf_prompt_lookup_same_path_seconds": hf_look_same_s,
             "hf_prompt_lookup_exact_match_rate": hf_look_exact / max(len(held_out), 1),
         }} if args.lookup else {}),
         "unverified_lossy": {
@@ -212,8 +265,9 @@ def main() -> None:
         },
         "per_prompt": per_prompt,
         "command": "python bench/multitoken_speedup.py " + " ".join(
-            f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items() if v is not False),
+            f"--{k.replace('_', '-')}" if v is True else
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if v is not False and v != []),
     }
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)

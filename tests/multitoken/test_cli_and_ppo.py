@@ -50,6 +50,14 @@ def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_exper
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["text"] == tokenizer.decode(reference, skip_special_tokens=True)
     assert set(payload["stats"]["lookup"]) == {"passes", "drafted", "accepted"}
+    for tree in ("0", "5"):  # the heads' chain, and a draft tree: both exactly the backbone's text
+        result = runner.invoke(app, ["infer", "--ckpt", str(out / "s2"), "--prompt", "def f(x):", "--max_tokens",
+                                     "12", "--json", "--tree", tree])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert json.loads(result.stdout.strip().splitlines()[-1])["text"] == \
+            tokenizer.decode(reference, skip_special_tokens=True)
+    result = runner.invoke(app, ["infer", "--ckpt", str(out / "s2"), "--prompt", "x", "--tree", "-1"])
+    assert isinstance(result.exception, UsageError) and "--tree" in str(result.exception)
 
     result = runner.invoke(app, ["infer", "--ckpt", str(out / "s1"), "--prompt", "def f(x):", "--max_tokens", "6",
                                  "--no-verify"])

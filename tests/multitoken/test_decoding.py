@@ -148,3 +148,18 @@ def test_speculative_sampling_keeps_the_backbone_distribution(make_model):
         counts[1 if accepted else correction] += 1
     assert counts[4:].sum() == 0  # top-k removed tokens never appear
     assert 0.5 * (counts / n - exact).abs().sum().item() < 0.03
+
+
+@pytest.mark.parametrize("skinny_rows", [False, True])
+def test_verified_decoding_is_exact_on_either_linear_path(make_model, skinny_rows):
+    """Verification passes on PyTorch's own linear path (with CPU filler rows) and on mot.experts.skinny's."""
+    from mot.multitoken.decoding import DecodeStats, decode_tokens
+
+    model = make_model("qwen2", num_heads=4, k_max=4)
+    _perturb_heads(model)
+    for prompt in PROMPTS[:3]:
+        stats = DecodeStats()
+        tokens = list(decode_tokens(model, model.encode(prompt), GenerationParams(max_new_tokens=MAX_NEW),
+                                    stats=stats, skinny_rows=skinny_rows))
+        assert tokens == _reference(model, prompt), prompt
+        assert stats.drafted

@@ -116,3 +116,12 @@ def test_multitoken_checkpoint_is_served_verified_with_prompt_lookup(load_tiny, 
                                   pad_token_id=0)[0, ids.shape[1]:]
     assert reply.json()["choices"][0]["text"] == tokenizer.decode(reference, skip_special_tokens=True)
     assert entry.generator.stats.lookup_passes > 0  # the repeated prompt gave the lookup something to copy
+    assert entry.generator.tree > 0  # the default serves a draft tree too
+    # the decoding options come from `mot serve --multitoken-lookup/--multitoken-tree`
+    other = ModelRegistry.from_specs([f"mt={tmp_path / 's2'}"], multitoken={"lookup": 0, "tree": 4}).get("mt")
+    assert (other.generator.lookup, other.generator.tree) == (0, 4)
+    reply = TestClient(create_app(ModelRegistry.from_specs([f"mt={tmp_path / 's2'}"], multitoken={"tree": 5}))).post(
+        "/v1/completions", json={"model": "mt", "prompt": prompt, "max_tokens": 12, "temperature": 0})
+    assert reply.json()["choices"][0]["text"] == tokenizer.decode(reference, skip_special_tokens=True)
+    with pytest.raises(UsageError, match="must be >= 0"):
+        ModelRegistry.from_specs([f"mt={tmp_path / 's2'}"], multitoken={"tree": -1})

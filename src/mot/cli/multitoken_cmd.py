@@ -115,6 +115,8 @@ def infer(
     k: int | None = typer.Option(None, "--k", help="Active heads (<= the checkpoint's k_max)."),
     lookup: int = typer.Option(0, "--lookup", help="Also draft up to N tokens copied from an earlier occurrence "
                                                    "of the last tokens (prompt lookup; verified only; 0: off)."),
+    tree: int = typer.Option(3, "--tree", help="Greedy verified decoding drafts a tree of up to N candidate "
+                                               "tokens, checked in one pass (0: the heads' single chain)."),
     backbone_device: str = typer.Option("cpu", "--backbone-device"),
     heads_device: str | None = typer.Option(None, "--heads-device"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text + statistics)."),
@@ -130,7 +132,9 @@ def infer(
                               seed=seed)
     if lookup < 0:
         raise UsageError(f"--lookup must be >= 0 (0: off), got {lookup}")
-    generator = MultiTokenGenerator(model, verify=verify, k=k, lookup=lookup)
+    if tree < 0:
+        raise UsageError(f"--tree must be >= 0 (0: the heads' chain), got {tree}")
+    generator = MultiTokenGenerator(model, verify=verify, k=k, lookup=lookup, tree=tree)
     if not verify:
         typer.echo("# lossy: --no-verify emits the heads' drafts unchecked; this is not the backbone's output",
                    err=True)

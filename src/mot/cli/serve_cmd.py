@@ -34,6 +34,12 @@ def serve(
     device: str = typer.Option("cpu", "--device", help="Device for the models (cpu, cuda, cuda:1, mps)."),
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    multitoken_lookup: int | None = typer.Option(
+        None, "--multitoken-lookup", min=0, help="Multi-token checkpoints: prompt-lookup drafts per pass (0: off; "
+                                                 "default: mot.serve.registry.MULTITOKEN_LOOKUP, 5)."),
+    multitoken_tree: int | None = typer.Option(
+        None, "--multitoken-tree", min=0, help="Multi-token checkpoints: draft-tree nodes per pass (0: the heads' "
+                                               "chain; default: mot.serve.registry.MULTITOKEN_TREE, 3)."),
 ) -> None:
     """Serve models over an OpenAI-compatible API (with streaming) and a web chat UI at /."""
     import uvicorn
@@ -45,7 +51,9 @@ def serve(
     if not _is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the models",
                    err=True)
-    registry = ModelRegistry.from_specs(model, device=device, dtype=dtype)
+    registry = ModelRegistry.from_specs(model, device=device, dtype=dtype,
+                                        multitoken={k: v for k, v in (("lookup", multitoken_lookup),
+                                                                      ("tree", multitoken_tree)) if v is not None})
     app = create_app(registry, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
                      cors_origins=tuple(cors_origin), default_max_tokens=default_max_tokens)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host

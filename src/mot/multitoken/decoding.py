@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mot.experts import skinny
 from mot.generation import GenerationParams, Message, first_stop
 from mot.multitoken.model import CPU_MIN_GEMM_ROWS, MultiTokenModel
 
@@ -32,6 +33,7 @@ __all__ = ["ContextLookup", "DecodeResult", "DecodeStats", "MultiTokenGenerator"
            "warp_probs"]
 
 LOOKUP_NGRAMS = (3, 2)  # longest match first
+TREE_WIDTH = 2  # draft trees keep this many best paths per depth (fastest on the README benchmark)
 
 
 @dataclass
@@ -53,7 +55,8 @@ class DecodeStats:
 
     @property
     def head_acceptance(self) -> dict[int, float]:
-        """Per head: kept / offered (a head is offered only when every head before it was kept)."""
+        """Per head: the share of the passes it drafted in whose output its draft ended up (a draft counts as
+        kept only when every draft before it was kept too, so head 2's rate is at most head 1's)."""
         return {h: self.accepted.get(h, 0) / n for h, n in sorted(self.drafted.items()) if n}
 
     def merge(self, other: DecodeStats) -> None:
@@ -168,12 +171,22 @@ def decode_tokens(
     stats: DecodeStats | None = None,
     min_feed: int | None = None,
     lookup: int = 0,
+    skinny_rows: bool | None = None,
+    tree: int = 0,
+    tree_width: int = TREE_WIDTH,
 ) -> Iterator[int]:
     """Yield new token ids one by one as they are produced (several may come from one backbone pass).
 
     ``input_ids`` is ``[1, P]`` (one prompt).  Stops after an EOS token or ``params.max_new_tokens``.
-    ``k`` lowers the number of active heads below the checkpoint's ``k_max``.  ``min_feed``: a verification
-    pass feeds at least this many tokens (default: 4 on CPU, 1 elsewhere); the fillers never reach the output.
+    ``k`` lowers the number of active heads below the checkpoint's ``k_max``.  ``skinny_rows`` (default: on
+    for a CPU backbone): the backbone's linear layers take :mod:`mot.experts.skinny`'s path, on which a pass
+    over a few tokens costs about what a 1-token pass does.  ``min_feed``: a verification pass feeds at least
+    this many tokens (default: 4 on CPU without ``skinny_rows``, where 2-3 row GEMMs are slow; 1 otherwise);
+    the fillers never reach the output.  ``tree``: greedy verified decoding drafts a tree of up to this many
+    nodes (:meth:`~mot.multitoken.model.HeadStack.draft_tree`, the ``tree_width`` best paths per depth)
+    instead of the heads' single chain, all checked in the same one pass through a tree attention mask; 0
+    (default) drafts the chain.  Sampling, and backbones whose cache cannot drop arbitrary positions
+    (sliding-window layers), keep the chain.
     ``lookup``: with ``verify``, draft up to this many tokens from an earlier occurrence of the context's last
     tokens when there is one (:class:`ContextLookup`), the heads' chain otherwise; 0 turns it off.
     """
@@ -184,16 +197,21 @@ def decode_tokens(
     if params.max_new_tokens == 0:
         return
     heads, eos = model.heads, model.eos_token_ids
+    on_cpu = model.backbone_device.type == "cpu"
+    skinny_rows = on_cpu if skinny_rows is None else skinny_rows
     if min_feed is None:
-        min_feed = CPU_MIN_GEMM_ROWS if model.backbone_device.type == "cpu" else 1
+        min_feed = CPU_MIN_GEMM_ROWS if on_cpu and not skinny_rows else 1
     if lookup < 0:
         raise ValueError(f"lookup must be >= 0 (0: off), got {lookup}")
+    if tree < 0 or tree_width < 1:
+        raise ValueError(f"tree must be >= 0 (0: the chain) and tree_width >= 1, got {tree} and {tree_width}")
     picker = _Picker(params, model.heads_device)
     context = ContextLookup(input_ids[0].tolist()) if lookup and verify else None
-    hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model))
+    hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model), skinny_rows=skinny_rows, last_only=True)
     cache.crop(0)  # sliding-window layers drop what the window no longer needs
     stats.backbone_passes += 1
     last_hidden, next_token = hidden[0, -1], picker.pick(logits[0, -1])
+    use_tree = tree > 0 and verify and params.greedy and _tree_cache(cache)
     produced = 0
     while True:
         yield next_token
@@ -209,15 +227,31 @@ def decode_tokens(
             chain = []
             stats.lookup_passes += 1
             stats.lookup_drafted += len(drafts)
+        elif use_tree:
+            chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
+            with skinny.skinny_rows(skinny_rows):
+                nodes = heads.draft_tree(last_hidden, chain, next_token, width=tree_width, budget=tree)
+            if nodes:
+                path, correction, hidden_row = _tree_step(model, cache, next_token, nodes, chain, stats,
+                                                          skinny_rows)
+                for token in path:
+                    yield token
+                    produced += 1
+                    stats.new_tokens += 1
+                    if token in eos or produced >= params.max_new_tokens:
+                        return
+                last_hidden, next_token = hidden_row, correction
+                continue
         else:
             chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
-            drafts = heads.draft_tokens(last_hidden, chain, next_token, None if params.greedy else picker.pick)
+            with skinny.skinny_rows(skinny_rows):
+                drafts = heads.draft_tokens(last_hidden, chain, next_token, None if params.greedy else picker.pick)
         # Filler rows (copies of the last token, cropped with the rejected drafts) bring a short feed up to
         # ``min_feed``: see CPU_MIN_GEMM_ROWS, the padded pass is the cheaper one.
         feed_tokens = [next_token, *drafts]
         filler = max(0, min_feed - len(feed_tokens)) if drafts else 0
         feed = torch.tensor([feed_tokens + feed_tokens[-1:] * filler], dtype=torch.long)
-        hidden, logits, cache = model.backbone_step(feed, cache)
+        hidden, logits, cache = model.backbone_step(feed, cache, skinny_rows=skinny_rows)
         stats.backbone_passes += 1
         for head in chain:
             stats.drafted[head] = stats.drafted.get(head, 0) + 1
@@ -261,6 +295,71 @@ def _new_cache(model: MultiTokenModel):
     return cache
 
 
+def _tree_cache(cache) -> bool:
+    """Whether every layer of ``cache`` keeps all positions (so a tree's rejected branches can be dropped)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _tree_step(model: MultiTokenModel, cache, root: int, nodes: list[tuple[int, int]], chain: list[int],
+               stats: DecodeStats, skinny_rows: bool) -> tuple[list[int], int, torch.Tensor]:
+    """One greedy verification pass over a draft tree: ``(accepted path tokens, the backbone's token after
+    them, the hidden state that token came from)``.  Leaves in ``cache`` only the root and the accepted path.
+
+    Row 0 is ``root`` (already the backbone's token), row ``i`` is ``nodes[i - 1]``; each row attends to the
+    cache and to its own ancestors, at position ``cache length + depth``.  The backbone's argmax at a row is
+    the token after it, so walking from the root down the children that equal it finds the longest accepted
+    path, exactly as a chain would.
+    """
+    past = cache.get_seq_length()
+    rows = len(nodes) + 1
+    parents = [-1] + [parent for parent, _ in nodes]
+    depth = [0] * rows
+    allowed = torch.zeros(rows, rows, dtype=torch.bool)
+    for row in range(rows):
+        if row:
+            depth[row] = depth[parents[row]] + 1
+            allowed[row] = allowed[parents[row]]
+        allowed[row, row] = True
+    dtype = next(model.backbone.parameters()).dtype
+    mask = torch.zeros(1, 1, rows, past + rows, dtype=dtype)
+    mask[0, 0, :, past:] = torch.zeros(rows, rows, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    feed = torch.tensor([[root] + [token for _, token in nodes]])
+    positions = torch.tensor([[past + d for d in depth]])
+    hidden, logits, _ = model.backbone_step(feed, cache, attention_mask=mask, position_ids=positions,
+                                            skinny_rows=skinny_rows)
+    stats.backbone_passes += 1
+    targets = logits[0].argmax(-1).tolist()
+    children: dict[int, list[int]] = {}
+    for row in range(1, rows):
+        children.setdefault(parents[row], []).append(row)
+    for head in chain[:max(depth)]:  # as for a chain: every depth the tree reaches counts as drafted
+        stats.drafted[head] = stats.drafted.get(head, 0) + 1
+    path: list[int] = []
+    current = 0
+    while children.get(current):
+        head = chain[depth[current]]
+        match = next((row for row in children[current] if nodes[row - 1][1] == targets[current]), None)
+        if match is None:
+            break
+        stats.accepted[head] = stats.accepted.get(head, 0) + 1
+        path.append(match)
+        current = match
+    if path == list(range(1, len(path) + 1)):
+        cache.crop(-(rows - 1 - len(path)))  # the accepted path is the leading rows: an ordinary crop
+    else:
+        # move the accepted rows' keys and values up behind the root, then crop the rest: one small copy
+        source = past + torch.tensor(path, dtype=torch.long)
+        for layer in cache.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)
+                tensor[..., past + 1:past + 1 + len(path), :] = tensor.index_select(-2, source.to(tensor.device))
+        cache.crop(-(rows - 1 - len(path)))
+    return [nodes[row - 1][1] for row in path], targets[current], hidden[0, current]
+
+
 def _verify(drafts: list[int], logits: torch.Tensor, picker: _Picker) -> tuple[int, int]:
     """``(number of drafts kept, the backbone's token after them)``; ``logits [1 + len(drafts), V]``."""
     if picker.params.greedy:
@@ -289,12 +388,13 @@ def decode(
     verify: bool = True,
     k: int | None = None,
     lookup: int = 0,
+    tree: int = 0,
 ) -> DecodeResult:
     """Decode one prompt (text or ``[1, P]`` ids) to the end; returns ids, text and statistics."""
     params = params or GenerationParams()
     ids = model.encode(prompt) if isinstance(prompt, str) else prompt
     stats = DecodeStats()
-    tokens = list(decode_tokens(model, ids, params, verify=verify, k=k, stats=stats, lookup=lookup))
+    tokens = list(decode_tokens(model, ids, params, verify=verify, k=k, stats=stats, lookup=lookup, tree=tree))
     return DecodeResult(tokens, model.tokenizer.decode(tokens, skip_special_tokens=True), stats)
 
 
@@ -302,8 +402,8 @@ class MultiTokenGenerator:
     """``TextGenerator`` over a :class:`MultiTokenModel`.  With ``verify=False`` the name says it is lossy."""
 
     def __init__(self, model: MultiTokenModel, *, verify: bool = True, k: int | None = None, name: str | None = None,
-                 lookup: int = 0):
-        self.model, self.verify, self.k, self.lookup = model, verify, k, lookup
+                 lookup: int = 0, tree: int = 0):
+        self.model, self.verify, self.k, self.lookup, self.tree = model, verify, k, lookup, tree
         base = name or f"multitoken:{model.backbone_spec or type(model.backbone).__name__}"
         self.name = base if verify else f"{base} [lossy: unverified multi-token]"
         self.stats = DecodeStats(lossy=not verify)
@@ -324,7 +424,7 @@ class MultiTokenGenerator:
         emitted = ""
         hold = max((len(s) for s in params.stop), default=0)
         for token in decode_tokens(self.model, self._prompt_ids(prompt), params, verify=self.verify, k=self.k,
-                                   stats=self.stats, lookup=self.lookup):
+                                   stats=self.stats, lookup=self.lookup, tree=self.tree):
             tokens.append(token)
             text = tok.decode(tokens, skip_special_tokens=True)
             cut = first_stop(text, params.stop)

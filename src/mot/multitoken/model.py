@@ -11,17 +11,21 @@ as the active set.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mot.experts import skinny
 from mot.multitoken.config import MultiTokenConfig
 from mot.routing import build_router
 
-# On CPU, fp32 GEMMs of 2-3 rows take a slower path than 4 rows (SmolLM2's LM head: 2 rows ~1.9x and
-# 3 rows ~3.8x the time of 4, one thread): short row blocks are padded up to this many.
+# On CPU, PyTorch's own fp32 GEMMs of 2-3 rows take a slower path than 4 rows (SmolLM2's LM head: 2 rows
+# ~1.9x and 3 rows ~3.8x the time of 4, one thread): short row blocks on that path are padded up to this
+# many.  Verification passes use mot.experts.skinny instead, which needs no padding.
 CPU_MIN_GEMM_ROWS = 4
 
 __all__ = ["CPU_MIN_GEMM_ROWS", "HeadStack", "MultiTokenModel", "ResidualHead", "active_heads"]
@@ -172,7 +176,7 @@ class HeadStack(nn.Module):
     # ------------------------------------------------------------------------------------- forward
 
     def _project(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        logits = F.linear(hidden, weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype))
+        logits = skinny.linear(hidden, weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype))
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -276,6 +280,61 @@ class HeadStack(nn.Module):
             tokens.append(int(self.token_ids(torch.tensor(pick(logits), device=logits.device))))
         return tokens[1:]
 
+    @torch.no_grad()
+    def draft_tree(self, hidden: torch.Tensor, chain: list[int], next_token: int, *, width: int,
+                   budget: int) -> list[tuple[int, int]]:
+        """A tree of greedy drafts for one hidden state ``[D]``: up to ``budget`` nodes, as ``(parent, token)``
+        in depth-first order, ``parent`` an index into ``[next_token, *nodes]`` (0: the next token itself).
+
+        Depth ``d`` is scored by head ``chain[d - 1]``, which reads the path to its parent (chain
+        conditioning), so each depth is one batched head call over the ``width`` best paths so far.  A node's
+        score is the product of its path's head probabilities; the ``budget`` best nodes form the tree (a
+        child never outscores its parent, so every kept node keeps its parent).  Children are listed best
+        first, so the heads' top-1 chain is nodes ``0 .. len(chain) - 1``: rows ``1 ..`` of the fed block.
+        """
+        if not chain or budget <= 0:
+            return []
+        # each candidate: (log score, depth, parent candidate or -1 for the root, token, path tokens)
+        candidates: list[tuple[float, int, int, int, list[int]]] = []
+        frontier = [(0.0, -1, [int(next_token)])]
+        for depth, head in enumerate(chain, start=1):
+            paths = torch.tensor([path for _, _, path in frontier], device=hidden.device)
+            logits = self.head_logits(hidden.expand(len(frontier), -1), head, paths)
+            top = torch.log_softmax(logits.float(), -1).topk(min(width, logits.shape[-1]), dim=-1)
+            tokens = self.token_ids(top.indices).tolist()
+            scored = sorted(((score + value, parent, token)
+                             for (score, parent, _), values, row in zip(frontier, top.values.tolist(), tokens,
+                                                                          strict=True)
+                             for value, token in zip(values, row, strict=True)), key=lambda c: -c[0])[:width]
+            frontier = []
+            for score, parent, token in scored:
+                path = (candidates[parent][4] if parent >= 0 else [int(next_token)]) + [token]
+                candidates.append((score, depth, parent, token, path))
+                frontier.append((score, len(candidates) - 1, path))
+        keep = sorted(range(len(candidates)), key=lambda i: (-candidates[i][0], candidates[i][1]))[:budget]
+        kept = set(keep)
+        kept = {i for i in kept if all(a in kept for a in self._ancestors(candidates, i))}
+        children: dict[int, list[int]] = {}
+        for i in sorted(kept, key=lambda i: -candidates[i][0]):
+            children.setdefault(candidates[i][2], []).append(i)
+        nodes: list[tuple[int, int]] = []
+
+        def visit(candidate: int, row: int) -> None:
+            for child in children.get(candidate, []):
+                nodes.append((row, candidates[child][3]))
+                visit(child, len(nodes))
+
+        visit(-1, 0)
+        return nodes
+
+    @staticmethod
+    def _ancestors(candidates: list[tuple[float, int, int, int, list[int]]], index: int) -> list[int]:
+        out, parent = [], candidates[index][2]
+        while parent >= 0:
+            out.append(parent)
+            parent = candidates[parent][2]
+        return out
+
 
 class MultiTokenModel:
     """A frozen backbone (on ``backbone_device``) plus a :class:`HeadStack` (on ``heads_device``)."""
@@ -292,6 +351,7 @@ class MultiTokenModel:
     ):
         backbone.eval()
         backbone.requires_grad_(False)
+        skinny.install(backbone)  # inert until a pass asks for it (backbone_step(skinny=True))
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
@@ -306,6 +366,7 @@ class MultiTokenModel:
             heads = HeadStack(config, lm_head, softcap=getattr(backbone.config, "final_logit_softcapping", None),
                               embeddings=backbone.get_input_embeddings())
         self.heads = heads.to(self.heads_device)
+        skinny.install(self.heads)  # drafting (few rows) runs under skinny_rows too; training never does
         if self.heads.lm_weight.dtype != torch.float32:
             # half-precision or quantized backbones: the heads (fp32) work on a float32 copy of the LM head
             self.heads.lm_weight = self.heads.lm_weight.float()
@@ -326,17 +387,33 @@ class MultiTokenModel:
         return self.tokenizer(prompt, return_tensors="pt").input_ids
 
     def backbone_step(self, input_ids: torch.Tensor, cache=None, *, attention_mask: torch.Tensor | None = None,
-                      use_cache: bool = True):
+                      use_cache: bool = True, skinny_rows: bool = False, last_only: bool = False,
+                      position_ids: torch.Tensor | None = None):
         """One backbone pass: ``(hidden [B, T, D] on the heads device, logits [B, T, V], cache)``.
+
+        ``skinny_rows``: linear layers fed a few rows take :mod:`mot.experts.skinny`'s path (CPU verification
+        passes).  ``last_only``: ``hidden`` and ``logits`` only for the last position (``T`` = 1), so a
+        prefill does not project the whole prompt onto the vocabulary.  A 4D ``attention_mask`` (with
+        ``position_ids``) reaches the attention layers as it is: tree verification.
 
         ``hidden`` is the final-normed state the LM head reads (``hidden_states[-1]``); ``logits`` are the
         backbone's own, so verification compares against exactly what ``generate()`` would pick.
         """
-        with torch.no_grad():
+        extra = {"logits_to_keep": 1} if last_only and self._keeps_logits else {}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids.to(self.backbone_device)
+        with torch.no_grad(), skinny.skinny_rows(skinny_rows):
             out = self.backbone(
                 input_ids=input_ids.to(self.backbone_device),
                 attention_mask=None if attention_mask is None else attention_mask.to(self.backbone_device),
-                past_key_values=cache, use_cache=use_cache, output_hidden_states=True, return_dict=True,
+                past_key_values=cache, use_cache=use_cache, output_hidden_states=True, return_dict=True, **extra,
             )
-        hidden = out.hidden_states[-1]
-        return hidden.to(self.heads_device), out.logits, out.past_key_values
+        hidden, logits = out.hidden_states[-1], out.logits
+        if last_only:
+            hidden, logits = hidden[:, -1:], logits[:, -1:]
+        return hidden.to(self.heads_device), logits, out.past_key_values
+
+    @functools.cached_property
+    def _keeps_logits(self) -> bool:
+        """Whether the backbone's forward takes ``logits_to_keep`` (HF causal LMs do since transformers 4.50)."""
+        return "logits_to_keep" in inspect.signature(self.backbone.forward).parameters

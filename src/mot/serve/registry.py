@@ -36,9 +36,11 @@ from mot.generation import Message, TextGenerator
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
-# Multi-token checkpoints are served verified (the backbone's own output) with up to this many prompt-lookup
-# drafts per pass: exact, and on code 1.54x generate() against 0.99x for the heads alone (README).
+# Multi-token checkpoints are served verified (the backbone's own output, whatever the drafts), by default with
+# up to this many prompt-lookup drafts per pass and a draft tree of this many nodes (`mot serve
+# --multitoken-lookup/--multitoken-tree`): the fastest exact setting on the README's benchmark.
 MULTITOKEN_LOOKUP = 5
+MULTITOKEN_TREE = 3
 
 
 @dataclass
@@ -120,25 +122,32 @@ class ModelRegistry:
     # ------------------------------------------------------------------ from the command line
 
     @classmethod
-    def from_specs(cls, specs: Iterable[str], **load_kwargs: Any) -> ModelRegistry:
-        """Build a registry from ``NAME=SPEC`` strings (a bare ``SPEC`` is named after its last path part)."""
+    def from_specs(cls, specs: Iterable[str], *, multitoken: dict[str, int] | None = None,
+                   **load_kwargs: Any) -> ModelRegistry:
+        """Build a registry from ``NAME=SPEC`` strings (a bare ``SPEC`` is named after its last path part).
+        ``multitoken``: decoding options for multi-token checkpoints (``lookup``, ``tree``; see :meth:`load`)."""
         registry = cls()
         for item in specs:
             name, spec = parse_model_option(item)
-            registry.load(name, spec, **load_kwargs)
+            registry.load(name, spec, multitoken=multitoken, **load_kwargs)
         if not len(registry):
             raise UsageError("no models to serve; give at least one --model NAME=SPEC")
         return registry
 
-    def load(self, name: str, spec: str, **load_kwargs: Any) -> list[ModelEntry]:
+    def load(self, name: str, spec: str, *, multitoken: dict[str, int] | None = None,
+             **load_kwargs: Any) -> list[ModelEntry]:
         """Load ``spec`` and register it under ``name`` (MoT checkpoints: ``name:fast`` and ``name:full``;
-        multi-token checkpoints: verified decoding with prompt lookup, exactly the backbone's output)."""
+        multi-token checkpoints: verified decoding, exactly the backbone's output, with ``multitoken``'s
+        ``lookup`` (default :data:`MULTITOKEN_LOOKUP`) and ``tree`` (default :data:`MULTITOKEN_TREE`))."""
         path = Path(spec).expanduser()
         if path.is_dir() and (path / "moe_meta.json").is_file():
             from mot.multitoken import MultiTokenGenerator, load_multitoken
 
+            options = {"lookup": MULTITOKEN_LOOKUP, "tree": MULTITOKEN_TREE, **(multitoken or {})}
+            if options["lookup"] < 0 or options["tree"] < 0:
+                raise UsageError(f"multi-token lookup and tree must be >= 0 (0: off), got {options}")
             model = load_multitoken(path, backbone_device=load_kwargs.get("device") or "cpu")
-            generator = MultiTokenGenerator(model, name=name, lookup=MULTITOKEN_LOOKUP)
+            generator = MultiTokenGenerator(model, name=name, lookup=options["lookup"], tree=options["tree"])
             return [self.register(name, generator, kind="multitoken")]
         meta = _read_json(path / "config.json") if path.is_dir() else None
         if meta is not None and meta.get("format") == "mot-thoughts":
