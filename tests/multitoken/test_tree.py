@@ -118,3 +118,22 @@ def test_tree_mask_rows_see_only_their_ancestors(make_model):
     for row, path in enumerate(rows):
         plain = model.backbone(torch.cat([ids, torch.tensor([path])], 1)).logits[0, -1]
         torch.testing.assert_close(logits[row], plain, rtol=1e-4, atol=1e-4)
+
+
+def test_tree_with_prompt_lookup_stays_exact_and_the_lookup_sees_tree_tokens(make_model, monkeypatch):
+    """Tokens accepted through a tree reach the lookup's index: with a repetitive prompt both sources draft."""
+    from mot.multitoken.decoding import ContextLookup
+
+    model = make_model("llama", num_heads=4, k_max=4)
+    _perturb_heads(model, scale=0.0)  # heads = the next-token predictor: their trees are often accepted
+    prompt = "import os\nimport sys\nimport os\nimport sys\nimport"
+    stats = DecodeStats()
+    ids = model.encode(prompt)
+    tokens = list(decode_tokens(model, ids, GenerationParams(max_new_tokens=24), stats=stats, tree=4, lookup=3))
+    assert tokens == _reference(model, prompt, 24)
+    assert stats.lookup_passes > 0 and stats.drafted
+    seen = []
+    original = ContextLookup.extend
+    monkeypatch.setattr(ContextLookup, "extend", lambda self, new: (seen.extend(new), original(self, new))[1])
+    out = list(decode_tokens(model, ids, GenerationParams(max_new_tokens=24), tree=4, lookup=3))
+    assert seen[len(ids[0]):] == out[:len(seen) - len(ids[0])]  # every emitted token, in order

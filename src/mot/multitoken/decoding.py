@@ -207,82 +207,67 @@ def decode_tokens(
         raise ValueError(f"tree must be >= 0 (0: the chain) and tree_width >= 1, got {tree} and {tree_width}")
     picker = _Picker(params, model.heads_device)
     context = ContextLookup(input_ids[0].tolist()) if lookup and verify else None
-    hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model), skinny_rows=skinny_rows, last_only=True)
+    hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model), skinny_rows=skinny_rows,
+                                                last_only=True)
     cache.crop(0)  # sliding-window layers drop what the window no longer needs
     stats.backbone_passes += 1
     last_hidden, next_token = hidden[0, -1], picker.pick(logits[0, -1])
     use_tree = tree > 0 and verify and params.greedy and _tree_cache(cache)
     produced = 0
+    pending = [next_token]  # tokens settled by the last pass: accepted drafts, then the backbone's own
     while True:
-        yield next_token
-        produced += 1
-        stats.new_tokens += 1
-        if next_token in eos or produced >= params.max_new_tokens:
-            return
-        drafts: list[int] = []
-        if context is not None:
-            context.extend([next_token])
-            drafts = context.drafts(min(lookup, params.max_new_tokens - produced))
-        if drafts:
-            chain = []
-            stats.lookup_passes += 1
-            stats.lookup_drafted += len(drafts)
-        elif use_tree:
-            chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
-            with skinny.skinny_rows(skinny_rows):
-                nodes = heads.draft_tree(last_hidden, chain, next_token, width=tree_width, budget=tree)
-            if nodes:
-                path, correction, hidden_row = _tree_step(model, cache, next_token, nodes, chain, stats,
-                                                          skinny_rows)
-                for token in path:
-                    yield token
-                    produced += 1
-                    stats.new_tokens += 1
-                    if token in eos or produced >= params.max_new_tokens:
-                        return
-                last_hidden, next_token = hidden_row, correction
-                continue
-        else:
-            chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
-            with skinny.skinny_rows(skinny_rows):
-                drafts = heads.draft_tokens(last_hidden, chain, next_token, None if params.greedy else picker.pick)
-        # Filler rows (copies of the last token, cropped with the rejected drafts) bring a short feed up to
-        # ``min_feed``: see CPU_MIN_GEMM_ROWS, the padded pass is the cheaper one.
-        feed_tokens = [next_token, *drafts]
-        filler = max(0, min_feed - len(feed_tokens)) if drafts else 0
-        feed = torch.tensor([feed_tokens + feed_tokens[-1:] * filler], dtype=torch.long)
-        hidden, logits, cache = model.backbone_step(feed, cache, skinny_rows=skinny_rows)
-        stats.backbone_passes += 1
-        for head in chain:
-            stats.drafted[head] = stats.drafted.get(head, 0) + 1
-        if not verify:
-            for token in drafts:
-                yield token
-                produced += 1
-                stats.new_tokens += 1
-                if token in eos or produced >= params.max_new_tokens:
-                    return
-            cache.crop(-filler)  # one crop per pass (crop(0) keeps all: sliding windows settle)
-            last = len(feed_tokens) - 1
-            last_hidden, next_token = hidden[0, last], picker.pick(logits[0, last])
-            continue
-        accepted, correction = _verify(drafts, logits[0], picker)
-        if chain:
-            for j in range(accepted):
-                stats.accepted[chain[j]] = stats.accepted.get(chain[j], 0) + 1
-        else:
-            stats.lookup_accepted += accepted
-        if context is not None:
-            context.extend(drafts[:accepted])
-        for token in drafts[:accepted]:
+        for token in pending:
             yield token
             produced += 1
             stats.new_tokens += 1
             if token in eos or produced >= params.max_new_tokens:
                 return
-        # keep the fed token and the accepted drafts; the rejected drafts' keys and values go
-        cache.crop(-(len(drafts) - accepted + filler))  # one crop: sliding-window layers allow one per pass
-        last_hidden, next_token = hidden[0, accepted], correction
+        drafts: list[int] = []
+        nodes: list[tuple[int, int]] = []
+        if context is not None:
+            context.extend(pending)
+            drafts = context.drafts(min(lookup, params.max_new_tokens - produced))
+        if drafts:
+            chain = []
+            stats.lookup_passes += 1
+            stats.lookup_drafted += len(drafts)
+        else:
+            chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
+            with skinny.skinny_rows(skinny_rows):
+                if use_tree:
+                    nodes = heads.draft_tree(last_hidden, chain, next_token, width=tree_width, budget=tree)
+                else:
+                    drafts = heads.draft_tokens(last_hidden, chain, next_token,
+                                                None if params.greedy else picker.pick)
+        if nodes:
+            out, next_token, last_hidden = _tree_step(model, cache, next_token, nodes, chain, stats, skinny_rows)
+        else:
+            # Filler rows (copies of the last token, cropped with the rejected drafts) bring a short feed up to
+            # ``min_feed``: see CPU_MIN_GEMM_ROWS, the padded pass is the cheaper one.
+            feed_tokens = [next_token, *drafts]
+            filler = max(0, min_feed - len(feed_tokens)) if drafts else 0
+            feed = torch.tensor([feed_tokens + feed_tokens[-1:] * filler], dtype=torch.long)
+            hidden, logits, cache = model.backbone_step(feed, cache, skinny_rows=skinny_rows)
+            stats.backbone_passes += 1
+            for head in chain:
+                stats.drafted[head] = stats.drafted.get(head, 0) + 1
+            if verify:
+                accepted, correction = _verify(drafts, logits[0], picker)
+                if chain:
+                    for j in range(accepted):
+                        stats.accepted[chain[j]] = stats.accepted.get(chain[j], 0) + 1
+                else:
+                    stats.lookup_accepted += accepted
+                out = drafts[:accepted]
+                # keep the fed token and the accepted drafts; one crop: sliding-window layers allow one per pass
+                cache.crop(-(len(drafts) - accepted + filler))
+                last_hidden, next_token = hidden[0, accepted], correction
+            else:  # lossy: every draft is emitted, the backbone's token after the last one comes next
+                out = drafts
+                cache.crop(-filler)  # crop(0) keeps all: sliding windows settle
+                last = len(feed_tokens) - 1
+                last_hidden, next_token = hidden[0, last], picker.pick(logits[0, last])
+        pending = [*out, next_token]
 
 
 def _new_cache(model: MultiTokenModel):
