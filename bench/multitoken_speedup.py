@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="Evaluate this trained checkpoint instead of training.")
     parser.add_argument("--results", default=str(RESULTS), help="where to write the JSON results")
     args = parser.parse_args()
+    given = {k: v for k, v in vars(args).items() if v != parser.get_default(k)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
 
@@ -147,6 +148,7 @@ def main() -> None:
     tree_stats = {t: DecodeStats() for t in trees}
     tree_s = dict.fromkeys(trees, 0.0)
     tree_exact = dict.fromkeys(trees, 0)
+    look_tree, look_tree_s, look_tree_exact = DecodeStats(), 0.0, 0
     lossy_nll, lossy_count = 0.0, 0
     per_prompt = []
     pad = tokenizer.pad_token_id or 0
@@ -203,6 +205,14 @@ def main() -> None:
             look_s, hf_look_s, hf_look_same_s = look_s + ours_l, hf_look_s + hf_l, hf_look_same_s + hf_l_same
             looked.merge(stats_l)
             look_exact += tokens_l == reference
+            if trees:  # lookup with the first tree: what `mot serve` runs by default
+                stats_lt = DecodeStats()
+                t = time.perf_counter()
+                tokens_lt = list(decode_tokens(model, ids, params, stats=stats_lt, lookup=args.lookup,
+                                               skinny_rows=use_skinny, tree=trees[0][0], tree_width=trees[0][1]))
+                look_tree_s += time.perf_counter() - t
+                look_tree.merge(stats_lt)
+                look_tree_exact += tokens_lt == reference
             hf_look_exact += hf[0, ids.shape[1]:].tolist() == reference
             row.update({"lookup_tokens_per_pass": stats_l.tokens_per_pass, "lookup_speedup": base / ours_l,
                         "lookup_exact": tokens_l == reference, "hf_prompt_lookup_speedup": base / hf_l})
@@ -258,16 +268,23 @@ def main() -> None:
             "hf_prompt_lookup_same_path_seconds": hf_look_same_s,
             "hf_prompt_lookup_exact_match_rate": hf_look_exact / max(len(held_out), 1),
         }} if args.lookup else {}),
+        **({f"verified_with_lookup_tree_{trees[0][0]}x{trees[0][1]}": {
+            "accepted_tokens_per_pass": look_tree.tokens_per_pass,
+            "passes_drafted_by_lookup": look_tree.lookup_passes / max(look_tree.backbone_passes, 1),
+            "speedup_vs_generate": base_s / look_tree_s,
+            "speedup_vs_generate_same_path": same_s / look_tree_s, "multitoken_seconds": look_tree_s,
+            "exact_match_rate": look_tree_exact / max(len(held_out), 1),
+        }} if args.lookup and trees else {}),
         "unverified_lossy": {
             "tokens_per_pass": lossy.tokens_per_pass,
             "token_agreement_with_backbone": agree / max(agree_total, 1),
             "perplexity_under_backbone": float(torch.tensor(lossy_nll / max(lossy_count, 1)).exp()),
         },
         "per_prompt": per_prompt,
-        "command": "python bench/multitoken_speedup.py " + " ".join(
+        "command": "python bench/multitoken_speedup.py " + " ".join(  # the options given (not defaults)
             f"--{k.replace('_', '-')}" if v is True else
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v is not False and v != []),
+            for k, v in given.items()),
     }
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
