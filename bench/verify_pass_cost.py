@@ -63,7 +63,7 @@ def main() -> None:
         **{f"ratio_to_stock_1_row_{p}": {str(r): statistics.median(times[p, r]) / one for r in args.rows}
            for p in PATHS},
         "command": f"python bench/verify_pass_cost.py --model {args.model} --threads {args.threads} "
-                   f"--prefix {args.prefix}",
+                   f"--prefix {args.prefix} --reps {args.reps}",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_name(RESULTS.name + ".tmp")

@@ -1,9 +1,9 @@
 """A cheaper CPU path for linear layers fed a few rows: the verification pass of speculative decoding.
 
 ``nn.Linear`` computes ``x @ W.T``.  For a handful of rows on the CPU, PyTorch's BLAS call for that layout is
-the slow one: on SmolLM2-135M (fp32, 2 threads) a cached pass over 2 to 8 new tokens costs 1.5-1.9x a
-1-token pass, although the weights it reads are the same.  The same product written as ``(W @ x.T).T`` takes
-another BLAS path that stays near the memory-bound cost: 0.55-0.8x a stock 1-token pass for 2 to 5 tokens, and 0.86x for 1 token
+the slow one: on SmolLM2-135M (fp32, 2 threads) a cached pass over 2 to 8 new tokens costs 1.4-2.0x a
+1-token pass, although it reads the same weights.  The same product written as ``(W @ x.T).T`` takes another
+BLAS path: 0.59-0.88x a stock 1-token pass for 2 to 5 tokens, 0.97x for 1 token
 (``bench/verify_pass_cost.py`` measures both side by side).  The results agree to rounding (the summation
 order differs), which verification tolerates as it tolerates any change of batch shape.
 
