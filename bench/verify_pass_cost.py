@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=200, help="tokens already in the KV cache")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 16, 32])
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--results", default=str(RESULTS), help="where to write the JSON results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -63,12 +64,15 @@ def main() -> None:
         **{f"ratio_to_stock_1_row_{p}": {str(r): statistics.median(times[p, r]) / one for r in args.rows}
            for p in PATHS},
         "command": f"python bench/verify_pass_cost.py --model {args.model} --threads {args.threads} "
-                   f"--prefix {args.prefix} --reps {args.reps}",
+                   f"--prefix {args.prefix} --reps {args.reps}"
+                   + (f" --rows {' '.join(map(str, args.rows))}" if args.rows != parser.get_default("rows") else "")
+                   + (f" --results {args.results}" if args.results != str(RESULTS) else ""),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_name(RESULTS.name + ".tmp")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_name(results.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    tmp.replace(results)
     print(json.dumps(result, indent=2))
 
 
