@@ -90,6 +90,20 @@ def test_chat_stream_is_openai_chunks_with_role_first_and_usage_last(client):
     assert len(pieces) >= 2  # one chunk per token, not one blob
 
 
+def test_completion_stream_echoes_then_pieces_then_finish_and_usage(client):
+    body = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 5, "temperature": 0, "stream": True,
+            "echo": True, "stream_options": {"include_usage": True}}
+    chunks = events(client.post("/v1/completions", json=body))
+    assert {c["object"] for c in chunks} == {"text_completion"} and len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"][0]["text"] == "def f(x):"  # the echoed prompt opens the stream
+    assert chunks[-2]["choices"][0] == {"index": 0, "text": "", "logprobs": None,
+                                        "finish_reason": chunks[-2]["choices"][0]["finish_reason"]}
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] <= 5
+    plain = client.post("/v1/completions", json={**body, "stream": False, "echo": False}).json()
+    assert "".join(c["choices"][0]["text"] for c in chunks[1:-2]) == plain["choices"][0]["text"]
+
+
 def test_chat_fallback_format_and_tokenizer_chat_template(client, tiny_hf):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert tiny_hf.prompt_text(messages) == "system: be brief\nuser: hi\nassistant:"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -355,15 +355,30 @@ def _error_event(exc: BaseException) -> str:
 
 def _chat_events(prepared: _Prepared, body: ChatCompletionRequest, admission: Admission) -> AsyncIterator[str]:
     _check_room(admission)  # 429 before the response starts
-    return _chat_stream(prepared, body, admission)
+    return _event_stream(prepared, admission, kind="chat.completion.chunk", id_prefix="chatcmpl", model=body.model,
+                         include_usage=body.include_usage, opening={"delta": {"role": "assistant", "content": ""}},
+                         content=lambda piece: {"delta": {"content": piece}}, closing={"delta": {}})
 
 
-async def _chat_stream(prepared: _Prepared, body: ChatCompletionRequest, admission: Admission) -> AsyncIterator[str]:
-    cid, created = new_id("chatcmpl"), now()
+def _completion_events(prepared: _Prepared, body: CompletionRequest, admission: Admission) -> AsyncIterator[str]:
+    _check_room(admission)
+    return _event_stream(prepared, admission, kind="text_completion", id_prefix="cmpl", model=body.model,
+                         include_usage=body.include_usage, opening={"text": body.prompt_text() if body.echo else ""},
+                         content=lambda piece: {"text": piece}, closing={"text": ""})
 
-    def chunk(delta: dict, finish: str | None = None, **extra: Any) -> dict:
-        return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+async def _event_stream(prepared: _Prepared, admission: Admission, *, kind: str, id_prefix: str, model: str,
+                        include_usage: bool, opening: dict, content: Callable[[str], dict],
+                        closing: dict) -> AsyncIterator[str]:
+    """The SSE stream of a chat or text completion: an opening chunk (with the routing when there is one),
+    one chunk per generated piece, a closing chunk with the finish reason, the usage when asked, ``[DONE]``.
+    ``opening``, ``content(piece)`` and ``closing`` are the choice's payload (``delta`` or ``text``).  A failure
+    after the status line went out is reported as an error event."""
+    cid, created = new_id(id_prefix), now()
+
+    def chunk(payload: dict | None, finish: str | None = None, **extra: Any) -> dict:
+        choices = [] if payload is None else [{"index": 0, **payload, "logprobs": None, "finish_reason": finish}]
+        return {"id": cid, "object": kind, "created": created, "model": model, "choices": choices, **extra}
 
     first: dict[str, Any] = {}
     if prepared.routing is not None:
@@ -371,10 +386,10 @@ async def _chat_stream(prepared: _Prepared, body: ChatCompletionRequest, admissi
     counter = _Counter(prepared.entry)
     pieces = _pieces(prepared, admission, counter)
     try:
-        yield sse(chunk({"role": "assistant", "content": ""}, **first))
+        yield sse(chunk(opening, **first))
         async for piece in pieces:
             if piece:
-                yield sse(chunk({"content": str(piece)}))
+                yield sse(chunk(content(str(piece))))
     except Exception as exc:  # noqa: BLE001 - reported in the stream: the status line is already sent
         yield _error_event(exc)
         yield SSE_DONE
@@ -382,45 +397,7 @@ async def _chat_stream(prepared: _Prepared, body: ChatCompletionRequest, admissi
     finally:
         await pieces.aclose()
     completion_tokens = counter.total()
-    yield sse(chunk({}, _finish(completion_tokens, prepared.params)))
-    if body.include_usage:
-        yield sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                   "choices": [], "usage": _usage(prepared, completion_tokens).model_dump()})
-    yield SSE_DONE
-
-
-def _completion_events(prepared: _Prepared, body: CompletionRequest, admission: Admission) -> AsyncIterator[str]:
-    _check_room(admission)
-    return _completion_stream(prepared, body, admission)
-
-
-async def _completion_stream(prepared: _Prepared, body: CompletionRequest,
-                             admission: Admission) -> AsyncIterator[str]:
-    cid, created = new_id("cmpl"), now()
-
-    def chunk(text: str, finish: str | None = None, **extra: Any) -> dict:
-        return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra}
-
-    first: dict[str, Any] = {}
-    if prepared.routing is not None:
-        first["routing"] = _routing(prepared).model_dump()
-    counter = _Counter(prepared.entry)
-    pieces = _pieces(prepared, admission, counter)
-    try:
-        yield sse(chunk(body.prompt_text() if body.echo else "", **first))
-        async for piece in pieces:
-            if piece:
-                yield sse(chunk(str(piece)))
-    except Exception as exc:  # noqa: BLE001
-        yield _error_event(exc)
-        yield SSE_DONE
-        return
-    finally:
-        await pieces.aclose()
-    completion_tokens = counter.total()
-    yield sse(chunk("", _finish(completion_tokens, prepared.params)))
-    if body.include_usage:
-        yield sse({"id": cid, "object": "text_completion", "created": created, "model": body.model,
-                   "choices": [], "usage": _usage(prepared, completion_tokens).model_dump()})
+    yield sse(chunk(closing, _finish(completion_tokens, prepared.params)))
+    if include_usage:
+        yield sse(chunk(None, usage=_usage(prepared, completion_tokens).model_dump()))
     yield SSE_DONE
