@@ -45,10 +45,12 @@ def stdlib_examples(files: list[Path], count: int, prompt_chars: int, response_c
 
 
 def _tree_spec(spec: str) -> tuple[int, int]:
-    """``"6x3"`` -> (6 nodes, width 3); ``"6"`` -> (6, 3)."""
+    """``"6x3"`` -> (6 nodes, width 3); ``"6"`` -> 6 nodes at the decoder's default width."""
+    from mot.multitoken.decoding import TREE_WIDTH
+
     budget, _, width = spec.partition("x")
     try:
-        return int(budget), int(width or 3)
+        return int(budget), int(width or TREE_WIDTH)
     except ValueError:
         raise SystemExit(f"--tree takes NxW (nodes x width), e.g. 6x3; got {spec!r}") from None
 
@@ -142,7 +144,7 @@ def main() -> None:
     params = GenerationParams(max_new_tokens=args.new_tokens)
     verified, lossy, looked = DecodeStats(), DecodeStats(lossy=True), DecodeStats()
     base_s = same_s = mt_s = look_s = hf_look_s = hf_look_same_s = 0.0
-    exact = look_exact = hf_look_exact = agree = agree_total = 0
+    exact = look_exact = hf_look_exact = hf_look_same_exact = agree = agree_total = 0
     use_skinny = not args.no_skinny
     trees = [_tree_spec(spec) for spec in args.tree]
     tree_stats = {t: DecodeStats() for t in trees}
@@ -193,7 +195,7 @@ def main() -> None:
             tokens_l = list(decode_tokens(model, ids, params, stats=stats_l, lookup=args.lookup,
                                           skinny_rows=use_skinny))
             ours_l = time.perf_counter() - t
-            hf_times = []
+            hf_times, hf_exact = [], []
             for path in (False, use_skinny):  # HF's prompt lookup on the stock path, then on ours
                 t = time.perf_counter()
                 with torch.no_grad(), skinny.skinny_rows(path):
@@ -201,8 +203,11 @@ def main() -> None:
                                            max_new_tokens=args.new_tokens, pad_token_id=pad,
                                            prompt_lookup_num_tokens=args.lookup)
                 hf_times.append(time.perf_counter() - t)
+                hf_exact.append(hf[0, ids.shape[1]:].tolist() == reference)
             hf_l, hf_l_same = hf_times
             look_s, hf_look_s, hf_look_same_s = look_s + ours_l, hf_look_s + hf_l, hf_look_same_s + hf_l_same
+            hf_look_exact += hf_exact[0]
+            hf_look_same_exact += hf_exact[1]
             looked.merge(stats_l)
             look_exact += tokens_l == reference
             if trees:  # lookup with the first tree: what `mot serve` runs by default
@@ -213,7 +218,6 @@ def main() -> None:
                 look_tree_s += time.perf_counter() - t
                 look_tree.merge(stats_lt)
                 look_tree_exact += tokens_lt == reference
-            hf_look_exact += hf[0, ids.shape[1]:].tolist() == reference
             row.update({"lookup_tokens_per_pass": stats_l.tokens_per_pass, "lookup_speedup": base / ours_l,
                         "lookup_exact": tokens_l == reference, "hf_prompt_lookup_speedup": base / hf_l})
         per_prompt.append(row)
@@ -266,6 +270,7 @@ def main() -> None:
             "hf_prompt_lookup_speedup_vs_generate": base_s / hf_look_s, "hf_prompt_lookup_seconds": hf_look_s,
             "hf_prompt_lookup_same_path_speedup_vs_generate": base_s / hf_look_same_s,
             "hf_prompt_lookup_same_path_seconds": hf_look_same_s,
+            "hf_prompt_lookup_same_path_exact_match_rate": hf_look_same_exact / max(len(held_out), 1),
             "hf_prompt_lookup_exact_match_rate": hf_look_exact / max(len(held_out), 1),
         }} if args.lookup else {}),
         **({f"verified_with_lookup_tree_{trees[0][0]}x{trees[0][1]}": {

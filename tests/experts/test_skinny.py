@@ -51,7 +51,7 @@ def test_the_switch_is_per_thread_and_gradients_flow():
     seen = {}
 
     def other():
-        seen["active"] = skinny._ACTIVE.get()
+        seen["active"] = skinny.active()
 
     with skinny.skinny_rows():
         thread = threading.Thread(target=other)

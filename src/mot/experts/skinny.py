@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MAX_ROWS", "install", "linear", "skinny_rows"]
+__all__ = ["MAX_ROWS", "active", "install", "linear", "skinny_rows"]
 
 MAX_ROWS = 64  # measured no slower up to here; wider inputs keep PyTorch's own path
 
@@ -40,9 +40,14 @@ def skinny_rows(enabled: bool = True) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def active() -> bool:
+    """Whether :func:`skinny_rows` is on in this thread (then few-row products need no padding)."""
+    return _ACTIVE.get()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear``, on the skinny path while :func:`skinny_rows` is active and ``x`` has few rows (CPU)."""
-    if not _ACTIVE.get() or x.device.type != "cpu" or x.numel() > MAX_ROWS * x.shape[-1]:
+    if not active() or x.device.type != "cpu" or x.numel() > MAX_ROWS * x.shape[-1]:
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     out = (weight @ rows.t()).t().contiguous()  # contiguous: the next layer's product is faster too

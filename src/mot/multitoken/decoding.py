@@ -332,16 +332,13 @@ def _tree_step(model: MultiTokenModel, cache, root: int, nodes: list[tuple[int, 
         stats.accepted[head] = stats.accepted.get(head, 0) + 1
         path.append(match)
         current = match
-    if path == list(range(1, len(path) + 1)):
-        cache.crop(-(rows - 1 - len(path)))  # the accepted path is the leading rows: an ordinary crop
-    else:
-        # move the accepted rows' keys and values up behind the root, then crop the rest: one small copy
+    if path != list(range(1, len(path) + 1)):  # off the leading rows: move them up behind the root first
         source = past + torch.tensor(path, dtype=torch.long)
         for layer in cache.layers:
             for name in ("keys", "values"):
                 tensor = getattr(layer, name)
                 tensor[..., past + 1:past + 1 + len(path), :] = tensor.index_select(-2, source.to(tensor.device))
-        cache.crop(-(rows - 1 - len(path)))
+    cache.crop(-(rows - 1 - len(path)))  # then drop every row after the root and the accepted path
     return [nodes[row - 1][1] for row in path], targets[current], hidden[0, current]
 
 

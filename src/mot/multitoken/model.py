@@ -258,7 +258,7 @@ class HeadStack(nn.Module):
             return torch.stack([self._project(s, *self._output(h)) for s, h in zip(states, chain, strict=True)])
         weight, bias = self._output(chain[0])
         stacked = torch.stack(states)
-        if stacked.device.type == "cpu" and 1 < len(chain) < CPU_MIN_GEMM_ROWS:
+        if stacked.device.type == "cpu" and not skinny.active() and 1 < len(chain) < CPU_MIN_GEMM_ROWS:
             stacked = torch.cat([stacked, stacked.new_zeros(CPU_MIN_GEMM_ROWS - len(chain), stacked.shape[1])])
         return self._project(stacked, weight, bias)[: len(chain)]
 
@@ -311,9 +311,9 @@ class HeadStack(nn.Module):
                 path = (candidates[parent][4] if parent >= 0 else [int(next_token)]) + [token]
                 candidates.append((score, depth, parent, token, path))
                 frontier.append((score, len(candidates) - 1, path))
-        keep = sorted(range(len(candidates)), key=lambda i: (-candidates[i][0], candidates[i][1]))[:budget]
-        kept = set(keep)
-        kept = {i for i in kept if all(a in kept for a in self._ancestors(candidates, i))}
+        # log probabilities are <= 0, so a child never outscores its parent; ties go to the shallower node:
+        # the best ``budget`` candidates always include every kept node's parent
+        kept = sorted(range(len(candidates)), key=lambda i: (-candidates[i][0], candidates[i][1]))[:budget]
         children: dict[int, list[int]] = {}
         for i in sorted(kept, key=lambda i: -candidates[i][0]):
             children.setdefault(candidates[i][2], []).append(i)
@@ -326,14 +326,6 @@ class HeadStack(nn.Module):
 
         visit(-1, 0)
         return nodes
-
-    @staticmethod
-    def _ancestors(candidates: list[tuple[float, int, int, int, list[int]]], index: int) -> list[int]:
-        out, parent = [], candidates[index][2]
-        while parent >= 0:
-            out.append(parent)
-            parent = candidates[parent][2]
-        return out
 
 
 class MultiTokenModel:
@@ -351,7 +343,7 @@ class MultiTokenModel:
     ):
         backbone.eval()
         backbone.requires_grad_(False)
-        skinny.install(backbone)  # inert until a pass asks for it (backbone_step(skinny=True))
+        skinny.install(backbone)  # inert until a pass asks for it (backbone_step(skinny_rows=True))
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
