@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--self-distill", default="generate", choices=["generate", "chain"])
     parser.add_argument("--untie", action="store_true", help="each head trains its own output projection")
     parser.add_argument("--head-layers", type=int, default=1)
+    parser.add_argument("--head-type", default="residual", choices=["residual", "layer"],
+                        help="layer: heads are the steps of one EAGLE-style draft layer over the sequence")
     parser.add_argument("--threshold", type=float, default=0.0, help="draft a head only while P(accept) >= this")
     parser.add_argument("--greedy-batch", type=int, default=16)
     parser.add_argument("--train-positions", type=int, default=0, help="CE on at most this many steps per batch (0: all)")
@@ -125,7 +127,8 @@ def main() -> None:
                               train_positions=args.train_positions or None, draft_vocab_size=args.draft_vocab or None,
                               token_conditioning=not args.no_token_conditioning, untie_heads=args.untie,
                               chain_conditioning=not args.no_chain_conditioning,
-                              head_layers=args.head_layers, draft_threshold=args.threshold)
+                              head_layers=args.head_layers, draft_threshold=args.threshold,
+                              head_type=args.head_type)
     model = MultiTokenModel(backbone, tokenizer, config, backbone_spec=args.model)
     cfg = CurriculumConfig(stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs,
                            batch_size=args.batch, learning_rate=args.lr, max_length=args.max_length, device="cpu",

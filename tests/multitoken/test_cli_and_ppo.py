@@ -19,14 +19,17 @@ def _write_data(path, n=10):
             f.write(json.dumps({"question": f"q{i}: ", "response": " ".join(words[(j + i) % 4] for j in range(6))}) + "\n")
 
 
-def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_experts, load_tiny, tmp_path):
+def _cli(tiny_experts, tmp_path, family: str):
+    """``(app, runner, data file, backbone path, output dir)`` for a CLI run on a tiny ``family`` backbone."""
     from mot.cli.multitoken_cmd import app
 
     data = tmp_path / "data.jsonl"
     _write_data(data)
-    backbone = str(tiny_experts["qwen2"].path)
-    runner = CliRunner()
-    out = tmp_path / "out"
+    return app, CliRunner(), data, str(tiny_experts[family].path), tmp_path / "out"
+
+
+def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_experts, load_tiny, tmp_path):
+    app, runner, data, backbone, out = _cli(tiny_experts, tmp_path, "qwen2")
     result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(out),
                                  "--heads", "3", "--k_max", "2", "--stage1_epochs", "1", "--stage2_epochs", "1",
                                  "--ppo_steps", "2", "--batch", "4", "--lr", "1e-3", "--quant", "none",
@@ -74,6 +77,29 @@ def test_cli_trains_every_stage_and_infers_the_backbone_greedy_output(tiny_exper
     result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(tmp_path / "o4"),
                                  "--self-distill", "sample"])
     assert isinstance(result.exception, UsageError) and "--self-distill" in str(result.exception)
+    result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(tmp_path / "o5"),
+                                 "--head-type", "tower"])
+    assert isinstance(result.exception, UsageError) and "head_type" in str(result.exception)
+
+
+def test_cli_trains_draft_layer_heads_and_infers_exactly(tiny_experts, load_tiny, tmp_path):
+    app, runner, data, backbone, out = _cli(tiny_experts, tmp_path, "llama")
+    result = runner.invoke(app, ["train", "--model", backbone, "--data", str(data), "--out", str(out),
+                                 "--heads", "3", "--k_max", "3", "--stage1_epochs", "1", "--stage2_epochs", "1",
+                                 "--batch", "4", "--max-length", "32", "--head-type", "layer"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    meta = json.loads((out / "s2" / "moe_meta.json").read_text())
+    assert meta["config"]["head_type"] == "layer" and meta["config"]["layer_ffn"] >= 1
+    model, tokenizer = load_tiny("llama")
+    ids = tokenizer("def f(x):", return_tensors="pt").input_ids
+    reference = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                               pad_token_id=0)[0, ids.shape[1]:]
+    for tree in ("0", "4"):
+        result = runner.invoke(app, ["infer", "--ckpt", str(out / "s2"), "--prompt", "def f(x):", "--max_tokens",
+                                     "12", "--json", "--tree", tree])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        assert json.loads(result.stdout.strip().splitlines()[-1])["text"] == \
+            tokenizer.decode(reference, skip_special_tokens=True)
 
 
 def test_composite_reward_scores_accuracy_order_efficiency_and_stop():

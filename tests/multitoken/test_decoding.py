@@ -61,7 +61,7 @@ def test_verified_decoding_stays_exact_when_most_drafts_are_accepted(make_model,
     state = {"future": [], "pos": 0, "calls": 0}
     heads = model.heads
 
-    def oracle_drafts(hidden, chain, next_token=None, pick=None):
+    def oracle_drafts(hidden, chain, next_token=None, pick=None, **_):
         state["calls"] += 1
         start = state["pos"]
         tokens = state["future"][start + 1:start + 1 + len(chain)]

@@ -49,7 +49,7 @@ def test_tree_accepting_side_branches_stays_exact_and_keeps_only_the_path(make_m
     state = {"future": [], "pos": 0, "calls": 0}
     vocab = model.heads.vocab_size
 
-    def oracle_tree(hidden, chain, next_token, *, width, budget):
+    def oracle_tree(hidden, chain, next_token, *, width, budget, **_):
         state["calls"] += 1
         start = state["pos"]
         truth = state["future"][start + 1:start + 1 + len(chain)]

@@ -56,6 +56,10 @@ def train(
                                           "generation, easier steps only)."),
     draft_vocab: int = typer.Option(0, "--draft-vocab",
                                     help="Heads score only this many frequent target tokens (0: whole vocabulary)."),
+    head_type: str = typer.Option("residual", "--head-type",
+                                  help="residual: one residual block per head on the last state (Medusa/Hydra); "
+                                       "layer: the heads are the steps of one draft layer that attends over the "
+                                       "whole sequence of backbone states (EAGLE-style)."),
     dtype: str = typer.Option("float32", "--dtype", help="Backbone dtype: float32|bfloat16|float16."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -75,7 +79,7 @@ def train(
         raise UsageError(f"--draft-vocab must be >= 0 (0: whole vocabulary), got {draft_vocab}")
     config = MultiTokenConfig(num_heads=heads, k_max=k_max, untie_heads=untie_heads,
                               token_conditioning=token_conditioning, chain_conditioning=chain_conditioning,
-                              draft_vocab_size=draft_vocab or None)
+                              draft_vocab_size=draft_vocab or None, head_type=head_type)
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     examples = read_jsonl(data)

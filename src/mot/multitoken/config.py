@@ -7,6 +7,8 @@ from typing import Any
 
 from mot.errors import UsageError
 
+HEAD_TYPES = ("residual", "layer")
+
 
 @dataclass
 class MultiTokenConfig:
@@ -27,6 +29,12 @@ class MultiTokenConfig:
     # needs token_conditioning (off without it)
     chain_conditioning: bool = True
     draft_vocab_size: int | None = None  # heads score only this many frequent token ids (None: whole vocabulary)
+    # "residual": each head h is its own residual block on the last state (Medusa/Hydra); "layer": heads
+    # 1..H-1 are the unrolled steps of one shared draft layer that attends over the whole sequence of backbone
+    # states (EAGLE-style, mot.multitoken.drafter); needs token_conditioning
+    head_type: str = "residual"
+    layer_heads: int | None = None  # draft layer: attention heads (default: the backbone's, else hidden / 64)
+    layer_ffn: int | None = None  # draft layer: SwiGLU width (default: the backbone's intermediate size)
     router_hidden: int | None = None  # default: the backbone's hidden size
     router_layers: int = 3
     router_dropout: float = 0.0
@@ -54,6 +62,13 @@ class MultiTokenConfig:
             raise UsageError(f"multitoken: draft_threshold must be in [0, 1], got {self.draft_threshold}")
         if not self.token_conditioning:  # chain conditioning reads token embeddings: off without them
             self.chain_conditioning = False
+        if self.head_type not in HEAD_TYPES:
+            raise UsageError(f"multitoken: head_type must be one of {', '.join(HEAD_TYPES)}, got {self.head_type!r}")
+        if self.head_type == "layer" and not self.token_conditioning:
+            raise UsageError("multitoken: head_type 'layer' reads the drafted tokens: it needs token_conditioning")
+        for name in ("layer_heads", "layer_ffn"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"multitoken: {name} must be >= 1 (or None), got {getattr(self, name)}")
         if self.draft_vocab_size is not None and self.draft_vocab_size < 2:
             raise UsageError(f"multitoken: draft_vocab_size must be >= 2 (or None), got {self.draft_vocab_size}")
         if self.train_positions is not None and self.train_positions < 1:

@@ -112,6 +112,9 @@ def train_curriculum(
     val_examples: list[Example] | None = None,
 ) -> dict[str, Path]:
     """Run stage 1, stage 2 and (``ppo_steps > 0``) PPO; returns the exported checkpoint of each stage."""
+    if cfg.ppo_steps > 0 and model.heads.layer is not None:
+        raise UsageError("--ppo_steps: PPO trains residual heads only (its policy scores each head on one state); "
+                         "train --head-type layer with --ppo_steps 0")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -8,6 +8,9 @@ greedy ``generate()``.  With a temperature it is speculative sampling with point
 kept with probability ``p(d)`` and a rejection samples from ``p`` with ``d`` removed, which leaves the output
 distributed exactly as the backbone's own sampling.
 
+Draft-layer heads (``head_type="layer"``) read the sequence, not one state: after the prefill and after
+every pass, the backbone's states at the positions the pass settled go to ``HeadStack.observe``.
+
 ``verify=False`` emits the drafts unchecked: more tokens per pass, but the text is no longer the
 backbone's.  Every such result carries ``lossy=True``.
 
@@ -207,11 +210,14 @@ def decode_tokens(
         raise ValueError(f"tree must be >= 0 (0: the chain) and tree_width >= 1, got {tree} and {tree_width}")
     picker = _Picker(params, model.heads_device)
     context = ContextLookup(input_ids[0].tolist()) if lookup and verify else None
+    state = heads.new_draft_state()  # a draft layer reads every verified position (None: residual heads)
     hidden, logits, cache = model.backbone_step(input_ids, _new_cache(model), skinny_rows=skinny_rows,
-                                                last_only=True)
+                                                last_only=True, all_hidden=state is not None)
     cache.crop(0)  # sliding-window layers drop what the window no longer needs
     stats.backbone_passes += 1
     last_hidden, next_token = hidden[0, -1], picker.pick(logits[0, -1])
+    with skinny.skinny_rows(skinny_rows):
+        heads.observe(state, hidden[0], [*input_ids[0, 1:].tolist(), next_token])
     use_tree = tree > 0 and verify and params.greedy and _tree_cache(cache)
     produced = 0
     pending = [next_token]  # tokens settled by the last pass: accepted drafts, then the backbone's own
@@ -235,12 +241,13 @@ def decode_tokens(
             chain = heads.draft_chain(last_hidden, k, limit=params.max_new_tokens - produced)
             with skinny.skinny_rows(skinny_rows):
                 if use_tree:
-                    nodes = heads.draft_tree(last_hidden, chain, next_token, width=tree_width, budget=tree)
+                    nodes = heads.draft_tree(last_hidden, chain, next_token, width=tree_width, budget=tree,
+                                             state=state)
                 else:
                     drafts = heads.draft_tokens(last_hidden, chain, next_token,
-                                                None if params.greedy else picker.pick)
+                                                None if params.greedy else picker.pick, state=state)
         if nodes:
-            out, next_token, last_hidden = _tree_step(model, cache, next_token, nodes, chain, stats, skinny_rows)
+            out, next_token, kept = _tree_step(model, cache, next_token, nodes, chain, stats, skinny_rows)
         else:
             # Filler rows (copies of the last token, cropped with the rejected drafts) bring a short feed up to
             # ``min_feed``: see CPU_MIN_GEMM_ROWS, the padded pass is the cheaper one.
@@ -261,13 +268,17 @@ def decode_tokens(
                 out = drafts[:accepted]
                 # keep the fed token and the accepted drafts; one crop: sliding-window layers allow one per pass
                 cache.crop(-(len(drafts) - accepted + filler))
-                last_hidden, next_token = hidden[0, accepted], correction
+                kept, next_token = hidden[0, :accepted + 1], correction
             else:  # lossy: every draft is emitted, the backbone's token after the last one comes next
                 out = drafts
                 cache.crop(-filler)  # crop(0) keeps all: sliding windows settle
                 last = len(feed_tokens) - 1
-                last_hidden, next_token = hidden[0, last], picker.pick(logits[0, last])
+                kept, next_token = hidden[0, :last + 1], picker.pick(logits[0, last])
+        # ``kept``: the backbone's states at the positions this pass settled, one per token of ``pending``
         pending = [*out, next_token]
+        last_hidden = kept[-1]
+        with skinny.skinny_rows(skinny_rows):
+            heads.observe(state, kept, pending)
 
 
 def _new_cache(model: MultiTokenModel):
@@ -291,7 +302,8 @@ def _tree_cache(cache) -> bool:
 def _tree_step(model: MultiTokenModel, cache, root: int, nodes: list[tuple[int, int]], chain: list[int],
                stats: DecodeStats, skinny_rows: bool) -> tuple[list[int], int, torch.Tensor]:
     """One greedy verification pass over a draft tree: ``(accepted path tokens, the backbone's token after
-    them, the hidden state that token came from)``.  Leaves in ``cache`` only the root and the accepted path.
+    them, the hidden states ``[1 + len(path), D]`` of the root and the path)``.  Leaves in ``cache`` only the
+    root and the accepted path.
 
     Row 0 is ``root`` (already the backbone's token), row ``i`` is ``nodes[i - 1]``; each row attends to the
     cache and to its own ancestors, at position ``cache length + depth``.  The backbone's argmax at a row is
@@ -339,7 +351,7 @@ def _tree_step(model: MultiTokenModel, cache, root: int, nodes: list[tuple[int, 
                 tensor = getattr(layer, name)
                 tensor[..., past + 1:past + 1 + len(path), :] = tensor.index_select(-2, source.to(tensor.device))
     cache.crop(-(rows - 1 - len(path)))  # then drop every row after the root and the accepted path
-    return [nodes[row - 1][1] for row in path], targets[current], hidden[0, current]
+    return [nodes[row - 1][1] for row in path], targets[current], hidden[0, [0, *path]]
 
 
 def _verify(drafts: list[int], logits: torch.Tensor, picker: _Picker) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from mot.experts import skinny
 from mot.multitoken.config import MultiTokenConfig
+from mot.multitoken.drafter import DraftCache, DraftLayer
 from mot.routing import build_router
 
 # On CPU, PyTorch's own fp32 GEMMs of 2-3 rows take a slower path than 4 rows (SmolLM2's LM head: 2 rows
@@ -28,7 +29,7 @@ from mot.routing import build_router
 # many.  Verification passes use mot.experts.skinny instead, which needs no padding.
 CPU_MIN_GEMM_ROWS = 4
 
-__all__ = ["CPU_MIN_GEMM_ROWS", "HeadStack", "MultiTokenModel", "ResidualHead", "active_heads"]
+__all__ = ["CPU_MIN_GEMM_ROWS", "DraftState", "HeadStack", "MultiTokenModel", "ResidualHead", "active_heads"]
 
 
 class ResidualHead(nn.Module):
@@ -92,7 +93,7 @@ class HeadStack(nn.Module):
     """
 
     def __init__(self, config: MultiTokenConfig, lm_head: nn.Module, *, softcap: float | None = None,
-                 embeddings: nn.Module | None = None):
+                 embeddings: nn.Module | None = None, backbone_config=None):
         super().__init__()
         self.config = config
         weight = lm_head.weight
@@ -116,10 +117,16 @@ class HeadStack(nn.Module):
         # token ids the heads score (arange until set_draft_vocab chooses them)
         self.register_buffer("vocab_ids", torch.arange(draft_size if self.subset else 0, dtype=torch.long))
         rows = draft_size if self.subset else self.vocab_size
+        self.layer: DraftLayer | None = None
+        if config.head_type == "layer":  # heads 1..H-1 are the steps of one draft layer (EAGLE-style)
+            if config.untie_heads:
+                raise ValueError("head_type 'layer' shares the LM head: untie_heads is for residual heads")
+            _layer_shape(config, hidden_size, backbone_config)
+            self.layer = DraftLayer(hidden_size, embed_size, num_heads=config.layer_heads, ffn_size=config.layer_ffn)
         self.heads = nn.ModuleList(
             ResidualHead(hidden_size, config.head_layers, weight[:rows] if config.untie_heads else None,
                          embed_size=embed_size, tokens=head if config.chain_conditioning else 1)
-            for head in range(1, config.num_heads)
+            for head in range(1, config.num_heads if self.layer is None else 1)
         )
         self.router = build_router(
             "mlp", hidden_size, config.num_heads, config.k_max,
@@ -131,6 +138,10 @@ class HeadStack(nn.Module):
     @property
     def num_heads(self) -> int:
         return self.config.num_heads
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The drafting parameters (everything but the router)."""
+        return [*self.heads.parameters(), *(self.layer.parameters() if self.layer is not None else ())]
 
     # ------------------------------------------------------------------------------ draft vocabulary
 
@@ -182,7 +193,7 @@ class HeadStack(nn.Module):
         return logits
 
     def _output(self, head: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        own = self.heads[head - 1].lm_weight
+        own = self.heads[head - 1].lm_weight if self.layer is None else None
         if self.subset:
             weight, bias, _ = self._draft_vocab()
             return (own if own is not None else weight), bias
@@ -190,6 +201,8 @@ class HeadStack(nn.Module):
 
     def tokens_read(self, head: int) -> int:
         """How many of the tokens ``t + 1, t + 2, ...`` head ``head`` reads (0: none, 1: the next token)."""
+        if self.layer is not None:  # step h of the draft layer has read t + 1 .. t + h
+            return head
         return self.heads[head - 1].tokens
 
     def head_state(self, hidden: torch.Tensor, head: int, tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,6 +211,8 @@ class HeadStack(nn.Module):
         ``tokens``: the tokens at ``t + 1, t + 2, ...`` (``[...]`` for the next token alone, or ``[..., n]``);
         a head reads the first :meth:`tokens_read` of them.
         """
+        if self.layer is not None:
+            raise ValueError("draft-layer heads read the whole sequence: draft through new_draft_state()/observe()")
         hidden = hidden.to(self.lm_weight.dtype)
         embedding = None
         need = self.tokens_read(head)
@@ -262,15 +277,54 @@ class HeadStack(nn.Module):
             stacked = torch.cat([stacked, stacked.new_zeros(CPU_MIN_GEMM_ROWS - len(chain), stacked.shape[1])])
         return self._project(stacked, weight, bias)[: len(chain)]
 
+    # --------------------------------------------------------------------------- draft layer
+
+    def new_draft_state(self) -> DraftState | None:
+        """Per-sequence drafting state for draft-layer heads (None for residual heads, which need none)."""
+        return DraftState() if self.layer is not None else None
+
+    @torch.no_grad()
+    def observe(self, state: DraftState | None, hidden: torch.Tensor, tokens: list[int] | torch.Tensor) -> None:
+        """Feed verified positions to the draft layer: the backbone's states ``[m, D]`` there and the token
+        after each (``[m]``; the last is the backbone's next token).  No-op for residual heads."""
+        if state is None or self.layer is None:
+            return
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=hidden.device)
+        if hidden.shape[0] != tokens.shape[0] or hidden.shape[0] == 0:
+            raise ValueError(f"observe: {hidden.shape[0]} states for {tokens.shape[0]} tokens")
+        state.output = self.layer.extend(state.cache, hidden.to(self.lm_weight.dtype),
+                                         F.embedding(tokens, self.embed_weight))
+
+    @torch.no_grad()
+    def _layer_drafts(self, state: DraftState, chain: list[int], pick: Callable[[torch.Tensor], int]) -> list[int]:
+        if state.output is None:
+            raise ValueError("the draft layer has seen no position yet: observe() the prompt first")
+        weight, bias = self._output(1)
+        output, drafted, tokens = state.output, [], []
+        for step, _head in enumerate(chain):
+            if step:
+                output = self.layer.step(state.cache, output, F.embedding(torch.tensor(tokens[-1]), self.embed_weight),
+                                         drafted)
+            logits = self._project(output, weight, bias)
+            tokens.append(int(self.token_ids(torch.tensor(pick(logits), device=logits.device))))
+        return tokens
+
+    # ------------------------------------------------------------------------------- drafting
+
     @torch.no_grad()
     def draft_tokens(self, hidden: torch.Tensor, chain: list[int], next_token: int | None = None,
-                     pick: Callable[[torch.Tensor], int] | None = None) -> list[int]:
+                     pick: Callable[[torch.Tensor], int] | None = None, state: DraftState | None = None) -> list[int]:
         """The draft of each head in ``chain`` for one hidden state ``[D]``: ``pick`` (default: argmax) of its
         logits, as a token id.  Chain-conditioned heads run one after another, each reading the drafts
-        before it; the others share one output projection."""
+        before it; the others share one output projection.  Draft-layer heads draft from ``state`` (which
+        has observed every position up to ``next_token``); ``hidden`` is not read."""
         if not chain:
             return []
         pick = pick or (lambda logits: int(logits.argmax(-1)))
+        if self.layer is not None:
+            if state is None:
+                raise ValueError("draft-layer heads draft from a DraftState: pass state=")
+            return self._layer_drafts(state, chain, pick)
         if all(self.tokens_read(head) <= 1 for head in chain):
             rows = self.draft_logits(hidden, chain, next_token)
             return self.token_ids(torch.tensor([pick(row) for row in rows], device=rows.device)).tolist()
@@ -282,7 +336,7 @@ class HeadStack(nn.Module):
 
     @torch.no_grad()
     def draft_tree(self, hidden: torch.Tensor, chain: list[int], next_token: int, *, width: int,
-                   budget: int) -> list[tuple[int, int]]:
+                   budget: int, state: DraftState | None = None) -> list[tuple[int, int]]:
         """A tree of greedy drafts for one hidden state ``[D]``: up to ``budget`` nodes, as ``(parent, token)``
         in depth-first order, ``parent`` an index into ``[next_token, *nodes]`` (0: the next token itself).
 
@@ -291,15 +345,39 @@ class HeadStack(nn.Module):
         score is the product of its path's head probabilities; the ``budget`` best nodes form the tree (a
         child never outscores its parent, so every kept node keeps its parent).  Children are listed best
         first, so the heads' top-1 chain is nodes ``0 .. len(chain) - 1``: rows ``1 ..`` of the fed block.
+        Draft-layer heads (``state``) step the layer once per frontier path instead.
         """
         if not chain or budget <= 0:
             return []
+        if self.layer is not None and (state is None or state.output is None):
+            raise ValueError("draft-layer heads draft from a DraftState that has observed the prompt: pass state=")
         # each candidate: (log score, depth, parent candidate or -1 for the root, token, path tokens)
         candidates: list[tuple[float, int, int, int, list[int]]] = []
         frontier = [(0.0, -1, [int(next_token)])]
+        # draft layer: candidate -> (its step output, the step keys/values [1, heads, 1, head_dim] of its path)
+        steps = {-1: (state.output, [])} if self.layer is not None else {}
+
+        def layer_outputs(frontier_candidates: list[int]) -> torch.Tensor:
+            """Step outputs ``[w, D]`` of the frontier: one batched layer step from their parents."""
+            if frontier_candidates == [-1]:
+                return state.output[None]
+            parents = [steps[candidates[c][2]] for c in frontier_candidates]
+            drafted = [(torch.cat([p[1][j][0] for p in parents]), torch.cat([p[1][j][1] for p in parents]))
+                       for j in range(len(parents[0][1]))]
+            tokens = torch.tensor([candidates[c][3] for c in frontier_candidates], device=state.output.device)
+            outputs = self.layer.step(state.cache, torch.stack([p[0] for p in parents]),
+                                      F.embedding(tokens, self.embed_weight), drafted)
+            for row, c in enumerate(frontier_candidates):
+                steps[c] = (outputs[row], [(k[row:row + 1], v[row:row + 1]) for k, v in drafted])
+            return outputs
+
         for depth, head in enumerate(chain, start=1):
-            paths = torch.tensor([path for _, _, path in frontier], device=hidden.device)
-            logits = self.head_logits(hidden.expand(len(frontier), -1), head, paths)
+            if self.layer is not None:
+                outputs = layer_outputs([candidate for _, candidate, _ in frontier])
+                logits = self._project(outputs, *self._output(head))
+            else:
+                paths = torch.tensor([path for _, _, path in frontier], device=hidden.device)
+                logits = self.head_logits(hidden.expand(len(frontier), -1), head, paths)
             top = torch.log_softmax(logits.float(), -1).topk(min(width, logits.shape[-1]), dim=-1)
             tokens = self.token_ids(top.indices).tolist()
             scored = sorted(((score + value, parent, token)
@@ -326,6 +404,25 @@ class HeadStack(nn.Module):
 
         visit(-1, 0)
         return nodes
+
+
+class DraftState:
+    """What the draft layer knows of one sequence: its key/value cache and step 1's latest output."""
+
+    def __init__(self):
+        self.cache = DraftCache()
+        self.output: torch.Tensor | None = None
+
+
+def _layer_shape(config: MultiTokenConfig, hidden_size: int, backbone_config) -> None:
+    """Fill in the draft layer's heads and width from the backbone's config (written back, so a checkpoint's
+    config alone rebuilds the same layer)."""
+    if config.layer_heads is None:
+        heads = getattr(backbone_config, "num_attention_heads", None)
+        ok = heads and hidden_size % heads == 0 and (hidden_size // heads) % 2 == 0
+        config.layer_heads = int(heads) if ok else max(1, hidden_size // 64)
+    if config.layer_ffn is None:
+        config.layer_ffn = int(getattr(backbone_config, "intermediate_size", None) or 4 * hidden_size)
 
 
 class MultiTokenModel:
@@ -356,7 +453,7 @@ class MultiTokenModel:
             raise ValueError(f"{type(backbone).__name__} has no output embedding (LM head) to build heads on")
         if heads is None:
             heads = HeadStack(config, lm_head, softcap=getattr(backbone.config, "final_logit_softcapping", None),
-                              embeddings=backbone.get_input_embeddings())
+                              embeddings=backbone.get_input_embeddings(), backbone_config=backbone.config)
         self.heads = heads.to(self.heads_device)
         skinny.install(self.heads)  # drafting (few rows) runs under skinny_rows too; training never does
         if self.heads.lm_weight.dtype != torch.float32:
@@ -380,12 +477,13 @@ class MultiTokenModel:
 
     def backbone_step(self, input_ids: torch.Tensor, cache=None, *, attention_mask: torch.Tensor | None = None,
                       use_cache: bool = True, skinny_rows: bool = False, last_only: bool = False,
-                      position_ids: torch.Tensor | None = None):
+                      position_ids: torch.Tensor | None = None, all_hidden: bool = False):
         """One backbone pass: ``(hidden [B, T, D] on the heads device, logits [B, T, V], cache)``.
 
         ``skinny_rows``: linear layers fed a few rows take :mod:`mot.experts.skinny`'s path (CPU verification
         passes).  ``last_only``: ``hidden`` and ``logits`` only for the last position (``T`` = 1), so a
-        prefill does not project the whole prompt onto the vocabulary.  A 4D ``attention_mask`` (with
+        prefill does not project the whole prompt onto the vocabulary (``all_hidden``: ``hidden`` still for
+        every position, which a draft layer reads).  A 4D ``attention_mask`` (with
         ``position_ids``) reaches the attention layers as it is: tree verification.
 
         ``hidden`` is the final-normed state the LM head reads (``hidden_states[-1]``); ``logits`` are the
@@ -402,7 +500,7 @@ class MultiTokenModel:
             )
         hidden, logits = out.hidden_states[-1], out.logits
         if last_only:
-            hidden, logits = hidden[:, -1:], logits[:, -1:]
+            hidden, logits = (hidden if all_hidden else hidden[:, -1:]), logits[:, -1:]
         return hidden.to(self.heads_device), logits, out.past_key_values
 
     @functools.cached_property

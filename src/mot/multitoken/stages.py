@@ -65,7 +65,7 @@ class MultiTokenTask:
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [
-            {"name": "heads", "params": list(self.module.heads.parameters()), "lr_scale": 1.0},
+            {"name": "heads", "params": self.module.head_parameters(), "lr_scale": 1.0},
             {"name": "router", "params": list(self.module.router.parameters()), "lr_scale": 1.0},
         ]
 
@@ -127,48 +127,66 @@ class MultiTokenTask:
             greedy[b, : lengths[b]] = guesses
         return hidden, greedy
 
-    def _forward(self, ids, attention, response, use_data: torch.Tensor | None = None):
-        """Step states ``[N, D]``, labels ``[N, H]`` and, per head ``h``, the backbone's own state at ``t + h``
-        (``[N, H, D]``, row 0 unused): what the LM head turns into the backbone's guess for ``t + 1 + h``.
+    def _targets(self, ids, response, greedy, use_data: torch.Tensor | None):
+        """``(step_mask [B, T], labels [B, T, H])``: rows with ``use_data`` learn the data's tokens (teacher
+        forcing), the others (all when ``use_data`` is None) the backbone's greedy chain (:func:`chain_targets`)."""
+        num_heads = self.module.num_heads
+        if use_data is not None and bool(use_data.all()):  # teacher forcing throughout (stage 1): no chain
+            return step_targets(ids, response, num_heads)
+        step_mask, labels = chain_targets(ids.to(greedy.device), greedy, response, num_heads,
+                                          self.model.eos_token_ids)
+        if use_data is not None and bool(use_data.any()):
+            _, data_labels = step_targets(ids, response, num_heads)
+            labels = torch.where(use_data.to(labels.device)[:, None, None], data_labels.to(labels.device), labels)
+        return step_mask, labels
 
-        Rows with ``use_data`` learn the data's tokens (teacher forcing), the others (all when ``use_data``
-        is None) the backbone's greedy chain (:func:`chain_targets`)."""
+    def _forward(self, ids, attention, response, use_data: torch.Tensor | None = None):
+        """Step states ``[N, D]``, labels ``[N, H]``, per head ``h`` the backbone's own state at ``t + h``
+        (``[N, H, D]``, row 0 unused: what the LM head turns into the backbone's guess for ``t + 1 + h``),
+        and for draft-layer heads each step's output at the steps (``[N, D]`` per head 1..H-1; else None)."""
         heads = self.module
         full, greedy = self._hidden(ids, attention)
         full = full.to(heads.lm_weight.dtype)
-        if use_data is not None and bool(use_data.all()):  # teacher forcing throughout (stage 1): no chain
-            step_mask, labels = step_targets(ids, response, heads.num_heads)
-        else:
-            step_mask, labels = chain_targets(ids.to(greedy.device), greedy, response, heads.num_heads,
-                                              self.model.eos_token_ids)
-            if use_data is not None and bool(use_data.any()):
-                _, data_labels = step_targets(ids, response, heads.num_heads)
-                labels = torch.where(use_data.to(labels.device)[:, None, None], data_labels.to(labels.device),
-                                     labels)
+        step_mask, labels = self._targets(ids, response, greedy, use_data)
+        labels = labels.to(full.device)
         select = step_mask.to(full.device)
+        steps = None
+        if heads.layer is not None:
+            # step 1 reads the sequence's own next token (the pairs every later position attends to); step
+            # s >= 2 reads the token step s - 1 should have drafted (what a kept chain has fed it)
+            tokens = torch.zeros(*labels.shape[:2], heads.num_heads - 1, dtype=torch.long, device=full.device)
+            tokens[:, :-1, 0] = ids[:, 1:].to(full.device)
+            tokens[..., 1:] = labels[..., 1:-1].clamp_min(0)
+            outputs = heads.layer.unrolled(full, F.embedding(tokens, heads.embed_weight), heads.num_heads - 1,
+                                           attention_mask=attention.to(full.device))
+            steps = [output[select] for output in outputs]
         hidden = full[select]  # [N, D]
-        labels = labels[select].to(full.device)  # [N, H]
+        labels = labels[select]  # [N, H]
         future = [hidden]
         for head in range(1, heads.num_heads):
             shifted = torch.zeros_like(full)
             shifted[:, : full.shape[1] - head] = full[:, head:]
             future.append(shifted[select])
-        return hidden, labels, torch.stack(future, dim=1)
+        return hidden, labels, torch.stack(future, dim=1), steps
 
-    def _scored_logits(self, hidden: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor, head: int):
+    def _scored_logits(self, hidden: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor, head: int,
+                       steps: list[torch.Tensor] | None = None):
         """``(steps, logits, targets)`` of ``head`` at the steps whose target is in the heads' vocabulary
         (``rows`` from ``vocab_rows``): only those steps pay for the vocabulary projection.  ``logits`` is
-        None when there are none."""
+        None when there are none.  ``steps``: the draft layer's outputs (from :meth:`_forward`)."""
+        heads = self.module
         scored = (rows[:, head] >= 0).nonzero()[:, 0]
         if scored.numel() == 0:
             return scored, None, None
-        return scored, self.module.head_logits(hidden[scored], head, tokens[scored]), rows[scored, head]
+        if steps is not None:
+            return scored, heads._project(steps[head - 1][scored], *heads._output(head)), rows[scored, head]
+        return scored, heads.head_logits(hidden[scored], head, tokens[scored]), rows[scored, head]
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         heads = self.module
         num_heads, cfg = heads.num_heads, heads.config
         ids, attention, response, use_data, teacher_forcing = self._pick_rows(batch)
-        hidden, labels, future = self._forward(ids, attention, response, use_data)
+        hidden, labels, future, steps = self._forward(ids, attention, response, use_data)
         metrics: dict[str, float] = {"tokens": float(hidden.shape[0])}
         k = num_heads if self.stage == 1 else active_count(num_heads, cfg.k_max, self.progress())
         scores = heads.router_scores(hidden.detach())
@@ -181,8 +199,9 @@ class MultiTokenTask:
             for head in range(1, num_heads):
                 use = (labels[:, head] >= 0) & active[:, head]
                 if use.any():
-                    feature = F.smooth_l1_loss(heads.head_state(hidden[use], head, read_tokens(labels[use])),
-                                               future[use, head])
+                    state = (steps[head - 1][use] if steps is not None
+                             else heads.head_state(hidden[use], head, read_tokens(labels[use])))
+                    feature = F.smooth_l1_loss(state, future[use, head])
                     feature_total, trained = feature_total + feature, trained + 1
                     metrics[f"feature/head_{head}"] = feature.item()
             loss = loss + cfg.feature_weight * feature_total / max(trained, 1)
@@ -191,6 +210,7 @@ class MultiTokenTask:
         if cfg.train_positions is not None and hidden.shape[0] > cfg.train_positions:
             pick = torch.randperm(hidden.shape[0])[: cfg.train_positions].to(hidden.device)
             hidden, labels, active, scores = hidden[pick], labels[pick], active[pick], scores[pick]
+            steps = None if steps is None else [output[pick] for output in steps]
         correct = torch.zeros_like(labels, dtype=torch.bool)
         correct[:, 0] = True
         rows = heads.vocab_rows(labels)  # targets as rows of the heads' (draft) vocabulary
@@ -200,7 +220,7 @@ class MultiTokenTask:
             valid = labels[:, head] >= 0
             metrics[f"targets/head_{head}"] = valid.float().mean().item() if len(valid) else 0.0
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.ce_weight > 0):
-                scored, logits, target = self._scored_logits(hidden, tokens, rows, head)
+                scored, logits, target = self._scored_logits(hidden, tokens, rows, head, steps)
             if logits is None:
                 metrics[f"acc/head_{head}"] = 0.0
                 continue
@@ -251,7 +271,7 @@ class MultiTokenTask:
                 ids, attention, response = batch["greedy_ids"], batch["greedy_attention_mask"], batch["greedy_response_mask"]
             else:
                 ids, attention, response = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-            hidden, labels, _ = self._forward(ids, attention, response)
+            hidden, labels, _, outputs = self._forward(ids, attention, response)
             if hidden.shape[0] == 0:
                 continue
             correct = torch.zeros_like(labels, dtype=torch.bool)
@@ -259,7 +279,7 @@ class MultiTokenTask:
             rows = heads.vocab_rows(labels)
             tokens = read_tokens(labels)
             for head in range(1, num_heads):
-                scored, logits, target = self._scored_logits(hidden, tokens, rows, head)
+                scored, logits, target = self._scored_logits(hidden, tokens, rows, head, outputs)
                 if logits is None:
                     continue
                 correct[scored, head] = logits.argmax(-1) == target
