@@ -85,7 +85,7 @@ def _perturb_layer(model, scale: float = 0.05, seed: int = 1) -> None:
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gemma3_text"])
 def test_layer_heads_decode_exactly_like_generate(make_model, family):
     model = make_model(family, num_heads=4, k_max=4, head_type="layer")
     _perturb_layer(model)
@@ -97,6 +97,10 @@ def test_layer_heads_decode_exactly_like_generate(make_model, family):
     assert drafted > 0
     lossy = decode(model, PROMPTS[0], GenerationParams(max_new_tokens=12), verify=False)
     assert lossy.lossy and len(lossy.token_ids) == 12
+    # speculative sampling drafts from the layer too: seeded, so repeatable
+    sampled = GenerationParams(max_new_tokens=10, temperature=1.2, top_k=8, seed=5)
+    first = decode(model, PROMPTS[1], sampled)
+    assert first.token_ids == decode(model, PROMPTS[1], sampled).token_ids and first.stats.drafted
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -160,6 +164,8 @@ def test_layer_config_is_checked(make_model, tmp_path):
         MultiTokenConfig(head_type="tower")
     with pytest.raises(UsageError, match="token_conditioning"):
         MultiTokenConfig(head_type="layer", token_conditioning=False)
+    with pytest.raises(UsageError, match="untie-heads"):
+        MultiTokenConfig(head_type="layer", untie_heads=True)
 
 
 def test_layer_heads_learn_the_greedy_chain_and_reload(make_model, tmp_path):

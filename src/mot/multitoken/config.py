@@ -66,6 +66,8 @@ class MultiTokenConfig:
             raise UsageError(f"multitoken: head_type must be one of {', '.join(HEAD_TYPES)}, got {self.head_type!r}")
         if self.head_type == "layer" and not self.token_conditioning:
             raise UsageError("multitoken: head_type 'layer' reads the drafted tokens: it needs token_conditioning")
+        if self.head_type == "layer" and self.untie_heads:
+            raise UsageError("multitoken: head_type 'layer' drafts through the shared LM head: drop --untie-heads")
         for name in ("layer_heads", "layer_ffn"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"multitoken: {name} must be >= 1 (or None), got {getattr(self, name)}")

@@ -125,6 +125,8 @@ def train_curriculum(
     ref = backbone_reference(model)
     fingerprint = {"backbone": ref["fingerprint"], "num_heads": str(model.config.num_heads),
                    "head_layers": str(model.config.head_layers)}
+    if model.config.head_type != "residual":  # (residual runs keep the fingerprint they always had)
+        fingerprint["head_type"] = model.config.head_type
     exported: dict[str, Path] = {}
 
     def attach_greedy() -> None:

@@ -7,6 +7,10 @@ is exactly the backbone's next-token predictor and training only has to learn th
 A router (an MLP from :mod:`mot.routing`) scores the heads from the same ``h_t``: its raw scores are read as
 independent activation logits (``sigmoid`` = probability that the head's draft is accepted) and its top-k
 as the active set.
+
+With ``head_type="layer"`` the heads ``h >= 1`` are instead the steps of one draft layer
+(:mod:`mot.multitoken.drafter`) that reads the backbone's states at every position so far; decoding hands
+it the settled positions through :meth:`HeadStack.observe` and a per-sequence :class:`DraftState`.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def active_heads(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class HeadStack(nn.Module):
-    """Everything trainable: ``heads`` (1..H-1) and ``router``.  The LM head (and, for token-conditioned
+    """Everything trainable: ``heads`` (1..H-1) or the draft ``layer``, and ``router``.  The LM head (and, for token-conditioned
     heads, the input embeddings) ride along frozen and are not saved (non-persistent buffers): they belong
     to the backbone, which checkpoints reference by fingerprint.
 
@@ -119,8 +123,6 @@ class HeadStack(nn.Module):
         rows = draft_size if self.subset else self.vocab_size
         self.layer: DraftLayer | None = None
         if config.head_type == "layer":  # heads 1..H-1 are the steps of one draft layer (EAGLE-style)
-            if config.untie_heads:
-                raise ValueError("head_type 'layer' shares the LM head: untie_heads is for residual heads")
             _layer_shape(config, hidden_size, backbone_config)
             self.layer = DraftLayer(hidden_size, embed_size, num_heads=config.layer_heads, ffn_size=config.layer_ffn)
         self.heads = nn.ModuleList(
@@ -303,8 +305,8 @@ class HeadStack(nn.Module):
         output, drafted, tokens = state.output, [], []
         for step, _head in enumerate(chain):
             if step:
-                output = self.layer.step(state.cache, output, F.embedding(torch.tensor(tokens[-1]), self.embed_weight),
-                                         drafted)
+                token = torch.tensor(tokens[-1], device=output.device)
+                output = self.layer.step(state.cache, output, F.embedding(token, self.embed_weight), drafted)
             logits = self._project(output, weight, bias)
             tokens.append(int(self.token_ids(torch.tensor(pick(logits), device=logits.device))))
         return tokens
