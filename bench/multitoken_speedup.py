@@ -5,6 +5,7 @@ Trains heads (stage 1 + stage 2 self-distillation) on Python standard-library so
 held-out stdlib files.  One run, side by side, CPU fp32.  Writes ``bench/results/multitoken_speedup.json``.
 
     python bench/multitoken_speedup.py [--model smollm2-135m] [--train 120] [--eval 16] [--new-tokens 64]
+        [--head-type residual|layer] [--tree 3x2 4x2 ...] [--lookup 5] [--ckpt runs/.../s2]
 """
 
 from __future__ import annotations
