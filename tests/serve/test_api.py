@@ -197,3 +197,39 @@ def test_web_ui_is_served_from_the_package(client):
     assert page.status_code == 200 and "mot chat" in page.text
     for name in ("app.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_slot_is_free_again_when_the_reply_ends(monkeypatch, stream):
+    """The worker thread hands its slot back through the request's event loop after posting its last piece.
+    A loop that closes with the response (a test client without a lifespan: one loop per request) must not
+    lose that release: with one slot, the next request would wait forever.  The hand-back is delayed here
+    to make the race certain."""
+    import threading
+    import time
+
+    from mot.serve import streaming
+
+    post = streaming.GenerationRun._post
+
+    def slow_end(self, item):
+        post(self, item)
+        if item is streaming.GenerationRun._END:
+            time.sleep(0.3)  # the thread is slow to schedule the release after the last piece
+
+    monkeypatch.setattr(streaming.GenerationRun, "_post", slow_end)
+    registry = ModelRegistry()
+    registry.register("scripted", ScriptedGenerator(words=3))
+    client = TestClient(create_app(registry, max_concurrency=1))
+    body = {"model": "scripted", "prompt": "x", "max_tokens": 3, "stream": stream}
+    replies: list = []
+
+    def ask_twice():
+        for _ in range(2):
+            replies.append(client.post("/v1/completions", json=body).status_code)
+
+    worker = threading.Thread(target=ask_twice, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the second request never got the slot back"
+    assert replies == [200, 200]
