@@ -201,10 +201,10 @@ def test_web_ui_is_served_from_the_package(client):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_slot_is_free_again_when_the_reply_ends(monkeypatch, stream):
-    """The worker thread hands its slot back through the request's event loop after posting its last piece.
-    A loop that closes with the response (a test client without a lifespan: one loop per request) must not
-    lose that release: with one slot, the next request would wait forever.  The hand-back is delayed here
-    to make the race certain."""
+    """The worker thread hands its last piece and its slot back through the request's event loop.  A loop
+    that closes with the response (a test client without a lifespan: one loop per request) must not lose the
+    release: with one slot, the next request would wait forever.  The thread is held up right after posting
+    its last piece, which made the release arrive too late when the two were separate hand-offs."""
     import threading
     import time
 
@@ -212,8 +212,8 @@ def test_a_slot_is_free_again_when_the_reply_ends(monkeypatch, stream):
 
     post = streaming.GenerationRun._post
 
-    def slow_end(self, item):
-        post(self, item)
+    def slow_end(self, item, **kwargs):
+        post(self, item, **kwargs)
         if item is streaming.GenerationRun._END:
             time.sleep(0.3)  # the thread is slow to schedule the release after the last piece
 

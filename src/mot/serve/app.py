@@ -304,7 +304,6 @@ async def _run_to_end(prepared: _Prepared, admission: Admission, request: Reques
             if not task.done() and await request.is_disconnected():
                 run.cancel()
         await task
-        await run.finished.wait()  # the slot is given back on this loop before the reply goes out
     except asyncio.CancelledError:
         run.cancel()
         raise
@@ -340,11 +339,6 @@ async def _pieces(prepared: _Prepared, admission: Admission, counter: _Counter) 
             yield piece
     finally:
         run.cancel()
-        # The worker stops at its next piece and gives its slot back through this loop.  Waiting for that
-        # here (at most one decoding step when the reply ended early) keeps the slot count exact: a loop
-        # that closes with the response (a test client without a lifespan) would otherwise never hear
-        # the release, and later requests would queue for a slot that never frees.
-        await run.finished.wait()
 
 
 def _check_room(admission: Admission) -> None:

@@ -101,11 +101,19 @@ class GenerationRun:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def _post(self, item: Any) -> None:
+    def _post(self, item: Any, *, last: bool = False) -> None:
         try:
-            self._loop.call_soon_threadsafe(self.pieces.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._deliver, item, last)
         except RuntimeError:  # the loop is gone (server shutting down): nobody is listening
             self.cancelled.set()
+
+    def _deliver(self, item: Any, last: bool) -> None:
+        """On the loop: hand ``item`` to the consumer.  With the ``last`` item the run finishes (its slot is
+        given back) in the same callback, before the consumer can see the end: a reply never completes, and
+        its loop never closes, with the release still in flight."""
+        if last:
+            self._done()
+        self.pieces.put_nowait(item)
 
     def _work(self) -> None:
         stream = None
@@ -124,11 +132,7 @@ class GenerationRun:
                     close()  # runs the generator's own clean-up: it stops generating
                 except Exception as exc:  # noqa: BLE001
                     self.error = self.error or exc
-            self._post(self._END)
-            try:
-                self._loop.call_soon_threadsafe(self._done)
-            except RuntimeError:
-                pass
+            self._post(self._END, last=True)
 
     def _done(self) -> None:
         self.finished.set()
