@@ -1,8 +1,8 @@
 """moellama: a LLaMA-style Mixture-of-Experts language model, in one file.
 
-Top to bottom: RMSNorm, rotary embeddings, grouped-query attention, the router, the SwiGLU experts
-(stacked; sorted by expert and dispatched per contiguous segment), the MoE block, the decoder block,
-the model and its KV cache.  ``Block.forward`` is two pre-norm residual lines.
+Top to bottom: grouped-query attention, the router, the SwiGLU experts (stacked; sorted by expert and
+dispatched per contiguous segment), the MoE block, the decoder block, the model and its KV cache; RMSNorm,
+rotary embeddings and the dense SwiGLU come from ``mot.layers``.  ``Block.forward`` is two pre-norm residual lines.
 
 Dispatch (``Experts.forward``): the N*K token->expert assignments are sorted by expert, so each
 expert's tokens form one contiguous segment.  Two backends (``_experts_backend``):
@@ -34,46 +34,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from mot.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin  # noqa: F401  (shared building blocks)
 from mot.moellama.config import ModelConfig
 from mot.routing.decision import RoutingDecision
 from mot.routing.losses import load_balancing_loss, router_z_loss  # noqa: F401  (re-exported; see aux_loss)
 
 # --------------------------------------------------------------------------- building blocks
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm computed in fp32 (bf16 squares lose too much), cast back before the gain."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one fused kernel, the same maths (bit-identical on the CPU)
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin of shape [B, T, head_dim] for integer ``positions`` [B, T] (half-split convention).
-
-    Computed on the fly (a [B, T, head_dim/2] outer product): no buffer to keep in sync with a
-    checkpoint, and any position offset from the KV cache is just a different ``positions``.
-    """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim))
-    freqs = positions[..., None].float() * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, H, T, hd] by the angles in cos/sin [B, T, hd]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 class KVCache:
@@ -284,19 +250,6 @@ def _zeros_where_empty(param: torch.Tensor, bounds) -> torch.Tensor:
         if e not in used:
             grad[e].zero_()
     return grad
-
-
-class SwiGLU(nn.Module):
-    """A dense SwiGLU FFN: the shared expert."""
-
-    def __init__(self, dim: int, ffn_dim: int):
-        super().__init__()
-        self.gate_up = nn.Linear(dim, 2 * ffn_dim, bias=False)
-        self.down = nn.Linear(ffn_dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
 
 
 class MoE(nn.Module):

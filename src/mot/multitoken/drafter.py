@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mot.moellama.model import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
+from mot.layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin
 
 __all__ = ["DraftCache", "DraftLayer"]
 
