@@ -38,8 +38,3 @@ def setup_logging(level: str | int = "INFO", run_dir: str | os.PathLike | None =
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(fh)
     return logger
-
-
-def get_logger(name: str) -> logging.Logger:
-    """A child of the ``mot`` logger (``mot.<name>``)."""
-    return logging.getLogger(name if name.startswith("mot") else f"mot.{name}")

@@ -91,15 +91,6 @@ def barrier(env: DistEnv) -> None:
             dist.barrier()
 
 
-def all_reduce_mean(env: DistEnv, values: torch.Tensor) -> torch.Tensor:
-    """Mean over processes (in place on a copy); identity for one process."""
-    if not env.enabled:
-        return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / env.world_size
-
-
 def all_reduce_sum(env: DistEnv, values: torch.Tensor) -> torch.Tensor:
     if not env.enabled:
         return values
@@ -114,14 +105,6 @@ def all_gather_object(env: DistEnv, obj: Any) -> list[Any]:
     out: list[Any] = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(env: DistEnv, obj: Any, src: int = 0) -> Any:
-    if not env.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def torchrun_command(
