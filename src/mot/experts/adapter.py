@@ -1,7 +1,7 @@
 """The contract between a frozen HF causal LM and the code that walks its layers by hand.
 
-One small subclass per family (``mot.experts.families``) calls that family's decoder layers with
-their real signature.  The walk is split into chunks: ``embed`` starts a chunk of new tokens
+``mot.experts.generic.GenericAdapter`` implements it for every supported family (one small subclass
+per family in ``mot.experts.families`` / ``mot.experts.generic``, hooks only where a family differs).  The walk is split into chunks: ``embed`` starts a chunk of new tokens
 (prefill or one decode step), ``run_layers`` advances it through a contiguous range of layers
 (a "stack"), ``logits`` finishes it.  Between stacks the caller may change the hidden states
 (the MoT interaction).  The KV cache and the attention mask over every token seen so far live in
