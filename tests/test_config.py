@@ -126,3 +126,27 @@ def test_a_typo_is_reported_before_the_missing_key_it_causes(tmp_path):
     p = write(tmp_path, "typo.json", json.dumps({"experiment_nme": "x"}))
     with pytest.raises(ConfigError, match=r"experiment_nme: unknown key \(did you mean 'experiment_name'\?\)"):
         load_config(p, Strict)
+
+
+@pytest.mark.parametrize("name", ["run.json", "run.hocon", "run.conf"])
+def test_binary_garbage_config_is_one_line_naming_the_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8\xff")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, Root)
+    assert str(err.value) == (f"{path}: not a text config file (byte 0x89 at offset 0 is not UTF-8); "
+                              "give a UTF-8 .json, .hocon or .conf file")
+    nul = tmp_path / f"nul-{name}"
+    nul.write_bytes(b"{\x00\x00}")
+    with pytest.raises(ConfigError, match=r"nul-run\.\w+: not a text config file \(NUL byte at offset 1\)"):
+        load_config(nul, Root)
+
+
+def test_binary_garbage_config_exits_2_from_the_command_line(tmp_path, capsys):
+    from mot.cli.main import main
+
+    path = tmp_path / "garbage.json"
+    path.write_bytes(bytes(range(128, 256)))
+    assert main(["thoughts", "train", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "not a text config file" in err

@@ -46,7 +46,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise ConfigError(f"{p}: unsupported config format {suffix or '(none)'!r}; use .json, .hocon or .conf")
-    text = p.read_text(encoding="utf-8")
+    text = _read_text(p)
     if suffix == ".json":
         try:
             data = json.loads(text)
@@ -57,6 +57,23 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be an object of keys, got {type(data).__name__}")
     return data
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; binary content is one ConfigError naming the file and the first bad byte."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text config file (byte 0x{raw[e.start]:02x} at offset {e.start} is not "
+                          "UTF-8); give a UTF-8 .json, .hocon or .conf file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text config file (NUL byte at offset {text.index(chr(0))}); "
+                          "give a UTF-8 .json, .hocon or .conf file")
+    return text.removeprefix("\ufeff")
 
 
 def _parse_hocon(text: str, path: Path) -> Any:

@@ -13,6 +13,7 @@ import mot.evaluation.babeltower as bt
 from mot.cli import eval_cmd
 from mot.cli.eval_cmd import app
 from mot.data import load_babeltower
+from mot.errors import DataError, UsageError
 from mot.evaluation.babeltower import clean_translation, evaluate_babeltower
 from mot.generation import GenerationParams
 
@@ -140,3 +141,103 @@ def test_boolean_flags_switch_both_ways(flags, expected, monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     saved = (tmp_path / "babeltower_test_predictions.json").exists()
     assert (seen["mot_mode"], seen["check_compilation"], saved) == expected
+
+
+# ------------------------------------------------------------------ issue 18: BabelTower on the real files
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "benchmarks" / "babeltower" / "dataset"
+needs_real = pytest.mark.skipif(not (REAL / "cuda.para.test.tok").is_file(),
+                                reason=f"the real BabelTower files are not at {REAL}")
+
+
+def test_endcom_after_a_pragma_becomes_a_line_break():
+    from mot.data.parallel import detokenize_cpp
+    from mot.evaluation.code_metrics import cuda_syntax_valid
+
+    # the shape of reference test/143: ``#pragma unroll ENDCOM for ...``
+    code = detokenize_cpp("__global__ void k ( int * a , int n ) { int i = 0 ; #pragma unroll ENDCOM "
+                          "for ( i = 0 ; i < n ; i ++ ) { a [ i ] = i ; } }")
+    assert "ENDCOM" not in code
+    assert "\n  #pragma unroll\n  for (i = 0; i < n; i++) {\n" in code
+    assert cuda_syntax_valid(code)
+
+
+@needs_real
+def test_real_reference_143_with_a_pragma_parses():
+    from mot.evaluation.code_metrics import cuda_syntax_valid
+
+    pair = load_babeltower(REAL)[143]
+    assert "#pragma unroll\n" in pair.target and "ENDCOM" not in pair.target
+    assert cuda_syntax_valid(pair.target)
+
+
+def test_reply_ending_with_a_lone_closing_fence_keeps_its_code():
+    code = "__global__ void k(int *a) {\n  a[threadIdx.x] = 0;\n}"
+    assert clean_translation(f"{code}\n```") == code
+    assert clean_translation(f"{code}\n```\n### Translate C++ to CUDA:\n", ["###"]) == code
+    # an opening fence still unwraps, closed or not
+    assert clean_translation(f"Here it is:\n```cuda\n{code}\n```\nDone.") == code
+    assert clean_translation(f"```cuda\n{code}") == code
+
+
+def test_empty_code_does_not_compile():
+    from mot.evaluation.compile import compiles_cuda
+
+    assert compiles_cuda("") is False
+    assert compiles_cuda(" \n\t") is False
+
+
+def test_a_wrong_answer_gets_no_data_flow_credit():
+    from mot.evaluation.code_metrics import codebleu, codebleu_components
+    from mot.evaluation.parableu import parableu_components
+
+    ref = "__global__ void add(float *a, float *b, int n) {\n  int i = threadIdx.x;\n  if (i < n) a[i] += b[i];\n}"
+    wrong = "int main() {\n  return 0;\n}"
+    parts = codebleu_components(wrong, ref)
+    assert parts["dataflow_match"] == 0.0
+    assert parableu_components(wrong, ref)["dataflow_match"] == 0.0
+    expected = 25.0 * (parts["ngram_match"] + parts["weighted_ngram_match"] + parts["syntax_match"])
+    assert codebleu(wrong, ref) == pytest.approx(expected, abs=1e-9)
+    assert codebleu(wrong, ref) < 15.0  # was > 25 with the data-flow term counted as a full match
+    # CodeBLEU's rule: a reference without any data flow still counts as a full match
+    no_flow = "void f() {\n}"
+    assert codebleu_components(no_flow, no_flow)["dataflow_match"] == 1.0
+
+
+@needs_real
+def test_references_score_100_on_every_metric_through_predictions_file(tmp_path):
+    pairs = load_babeltower(REAL)
+    preds = tmp_path / "refs.json"
+    preds.write_text(json.dumps([p.target for p in pairs]))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["babeltower", "--dataset_dir", str(REAL), "--predictions", str(preds),
+                                      "--no-check-compilation", "--output_dir", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "babeltower_test_metrics.json").read_text())
+    assert metrics["num_samples"] == len(pairs) == 180
+    for name in ("bleu", "chrf", "rouge_l", "codebleu", "parableu_approx", "exact_match", "edit_similarity",
+                 "syntax_validity"):
+        assert metrics[name] == pytest.approx(100.0), name
+    assert all(v == pytest.approx(1.0) for v in metrics["codebleu_components"].values())
+    assert all(v == pytest.approx(1.0) for v in metrics["parableu_components"].values())
+    assert metrics["generation_mode"] == "predictions"
+    records = json.loads((out / "babeltower_test_predictions.json").read_text())
+    assert all(r["syntax_valid"] for r in records)
+    # the records file this command writes is itself a predictions file (matched by id)
+    again = CliRunner().invoke(app, ["babeltower", "--dataset_dir", str(REAL), "--predictions",
+                                     str(out / "babeltower_test_predictions.json"), "--num_samples", "3",
+                                     "--no-check-compilation", "--no-save-predictions", "--output_dir", str(out)])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "babeltower_test_metrics.json").read_text())["exact_match"] == 100.0
+
+
+def test_predictions_and_checkpoint_are_exclusive_and_a_short_file_is_one_line(tmp_path):
+    both = CliRunner().invoke(app, ["babeltower", "--dataset_dir", str(DATA), "--predictions", "x.json",
+                                    "--checkpoint_path", "stub"])
+    assert isinstance(both.exception, UsageError) and "exactly one of" in str(both.exception)
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps(["int x;"]))
+    result = CliRunner().invoke(app, ["babeltower", "--dataset_dir", str(DATA), "--predictions", str(short),
+                                      "--no-check-compilation", "--output_dir", str(tmp_path)])
+    assert isinstance(result.exception, DataError)
+    assert str(result.exception) == f"{short}: 1 predictions for 2 pairs; give one per pair, in order"

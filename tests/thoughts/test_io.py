@@ -109,3 +109,44 @@ def test_save_removes_what_a_crashed_save_left_but_nothing_else(make_mot, tmp_pa
     os.utime(tmp_path / f".lost.old-{dead_pid}", (old, old))
     assert mot_io.remove_stale_temporaries(tmp_path / "lost") == []
     assert (tmp_path / f".lost.old-{dead_pid}").is_dir()
+
+
+def test_a_router_named_by_import_path_is_not_imported_without_trust(make_mot, trio, tmp_path, monkeypatch):
+    import sys
+
+    marker = tmp_path / "imported"
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "h18_ckpt_router.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(marker)!r}).write_text('ran')\n"
+        "from mot.routing import ROUTERS\n"
+        "Router = type('Router', (ROUTERS['mlp'],), {})\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    mot = make_mot(randomise=True, seed=5)
+    target = mot.save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((target / "config.json").read_text())
+    assert meta["router"] == meta["config"]["router_type"] == "mlp"
+    # a built-in (registered) router loads without any flag
+    MixtureOfThoughts.from_pretrained(target, experts=trio, encoder=HashingEncoder(32))
+    meta["config"]["router_type"] = meta["router"] = "h18_ckpt_router:Router"
+    cfg = meta["config"]  # an import-path router gets only its router_options
+    cfg["router_options"] = {"hidden_dim": cfg["router_hidden_dim"], "num_layers": cfg["router_layers"],
+                             "dropout": cfg["dropout"]}
+    (target / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config\.router_type is 'h18_ckpt_router:Router', an import path.*"
+                                              r"trust_remote_code=True") as err:
+        MixtureOfThoughts.from_pretrained(target, experts=trio, encoder=HashingEncoder(32))
+    assert "\n" not in str(err.value)
+    assert not marker.exists() and "h18_ckpt_router" not in sys.modules
+    loaded = MixtureOfThoughts.from_pretrained(target, experts=trio, encoder=HashingEncoder(32),
+                                               trust_remote_code=True).eval()
+    assert marker.read_text() == "ran" and type(loaded.router).__name__ == "Router"
+    feats = mot.features([PROMPT])
+    assert torch.equal(mot.router(feats).logits, loaded.router(feats).logits)
+    sys.modules.pop("h18_ckpt_router", None)
+
+
+def test_a_binary_checkpoint_config_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
+    with pytest.raises(CheckpointError, match=r"config.json: not a text file \(byte at offset 0 is not UTF-8\)"):
+        MixtureOfThoughts.from_pretrained(tmp_path, experts=[])

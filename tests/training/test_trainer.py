@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -223,3 +224,86 @@ def test_gradient_checkpointing_without_a_hook_is_a_config_error(tmp_path, quiet
     with pytest.raises(ConfigError, match="enable_gradient_checkpointing"):
         Trainer(ToyTask(), quiet_config(max_steps=1, gradient_checkpointing=True), ToyDataset(64),
                 run_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------- issue 18: checkpoint integrity
+
+
+def _flip_bit(path, offset_from_end: int = 20) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) - offset_from_end] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_bit_flip_is_caught_and_resume_falls_back_to_the_previous_good_checkpoint(tmp_path, quiet_config,
+                                                                                   caplog):
+    config = quiet_config(max_steps=9, save_every=3, keep_last=5)
+    reference = tmp_path / "reference"
+    Trainer(ToyTask(), config, ToyDataset(64), run_dir=reference).fit()
+
+    run = tmp_path / "run"
+    Trainer(ToyTask(), config, ToyDataset(64), run_dir=run).fit()
+    shutil.rmtree(run / "step-000009")  # as if killed after step 6
+    meta = ckpt.read_meta(run / "step-000006")
+    assert set(meta["checksums"]) == {"trainable.safetensors", "trainer_state.pt", "training_config.json",
+                                      "config.json"}
+    assert meta["checksums"]["trainable.safetensors"] == ckpt.file_sha256(run / "step-000006" / ckpt.WEIGHTS_FILE)
+    _flip_bit(run / "step-000006" / ckpt.WEIGHTS_FILE)  # inside the tensor data, the header still parses
+    assert ckpt.checkpoint_problem(run / "step-000006") == "trainable.safetensors does not match its checksum " \
+                                                           "(corrupted)"
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        ckpt.load_checkpoint(run / "step-000006")
+    with pytest.raises(CheckpointError, match=r"step-000006' is not a complete checkpoint \(trainable"):
+        Trainer(ToyTask(), config, ToyDataset(64), run_dir=tmp_path / "other").fit(resume=run / "step-000006")
+
+    with caplog.at_level("WARNING", logger="mot.training.checkpoint"):
+        result = Trainer(ToyTask(), config.model_copy(update={"resume": "auto"}), ToyDataset(64),
+                         run_dir=run).fit()
+    warning = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert len(warning) == 1 and "step-000006" in warning[0] and warning[0].endswith(str(run / "step-000003"))
+    assert result.step == 9
+    # resumed at step 3: steps 4.. ran twice in metrics.jsonl, the second run equals the uninterrupted one
+    assert train_losses(run)[-6:] == train_losses(reference)[3:]
+
+
+def test_resume_auto_when_no_checkpoint_is_good_is_one_clear_error(tmp_path, quiet_config):
+    config = quiet_config(max_steps=6, save_every=3, keep_last=5)
+    run = tmp_path / "run"
+    Trainer(ToyTask(), config, ToyDataset(64), run_dir=run).fit()
+    _flip_bit(run / "step-000003" / ckpt.STATE_FILE)
+    (run / "step-000006" / ckpt.WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError) as err:
+        Trainer(ToyTask(), config.model_copy(update={"resume": "auto"}), ToyDataset(64), run_dir=run).fit()
+    assert str(err.value) == (
+        f"resume=auto: none of the 2 checkpoint(s) in {run} is valid (newest: step-000006: missing "
+        f"trainable.safetensors); restore the files, or start over from step 0 by running without resume "
+        f"(or after removing {run}/step-*)")
+    # every checkpoint's weights missing: the same error, not a silent restart from step 0
+    (run / "step-000003" / ckpt.WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="none of the 2 checkpoint"):
+        Trainer(ToyTask(), config.model_copy(update={"resume": "auto"}), ToyDataset(64), run_dir=run).fit()
+    assert not (run / "step-000006" / ckpt.WEIGHTS_FILE).exists()
+    # asking to start over (no resume) does
+    result = Trainer(ToyTask(), config, ToyDataset(64), run_dir=run).fit()
+    assert result.step == 6 and ckpt.checkpoint_problem(run / "step-000006") is None
+
+
+def test_trainer_state_of_the_wrong_structure_is_one_line_naming_the_file(tmp_path, quiet_config):
+    config = quiet_config(max_steps=2)
+    run = tmp_path / "run"
+    Trainer(ToyTask(), config, ToyDataset(64), run_dir=run).fit()
+    step = run / "step-000002"
+    torch.save({"model": {}, "step": 2}, step / ckpt.STATE_FILE)
+    meta = json.loads((step / ckpt.META_FILE).read_text())
+    meta["checksums"] = ckpt.checksums(step)  # a consistent checkpoint, just not mot's structure
+    (step / ckpt.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        Trainer(ToyTask(), config.model_copy(update={"max_steps": 4}), ToyDataset(64),
+                run_dir=tmp_path / "b").fit(resume=step)
+    assert str(err.value) == (f"{step / ckpt.STATE_FILE}: trainer state has no 'optimizer' entry; it was not "
+                              "written by mot's Trainer (or is damaged)")
+    torch.save([1, 2, 3], step / ckpt.STATE_FILE)
+    meta["checksums"] = ckpt.checksums(step)
+    (step / ckpt.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"trainer_state.pt: expected a dict of trainer state, found a list"):
+        ckpt.load_checkpoint(step)

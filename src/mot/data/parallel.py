@@ -81,9 +81,11 @@ def detokenize_cpp(tokens: str, indent: str = "  ") -> str:
       and to ``>>>`` (a kernel launch); ``[`` and ``<<<`` stick to a preceding name, ``)`` or ``]``;
     * ``++``/``--`` stick to the preceding name, ``)`` or ``]`` (postfix), otherwise to the next token;
     * a line break follows ``{``, ``}`` and every ``;`` outside parentheses (so ``for (a; b; c)``
-      stays on one line); each ``{`` indents by ``indent``; ``} else`` and ``};`` stay together.
+      stays on one line); each ``{`` indents by ``indent``; ``} else`` and ``};`` stay together;
+    * ``ENDCOM`` (the end of a preprocessor line such as ``#pragma unroll``) is a line break and a
+      token starting with ``#`` begins a new line.
 
-    All other tokens are separated by one space.  Tokens are never changed or reordered, so the
+    All other tokens are separated by one space.  Tokens (``ENDCOM`` aside) are never changed or reordered, so the
     result lexes to the same token sequence as the input (the original formatting and comments are
     not recoverable).
     """
@@ -102,6 +104,11 @@ def detokenize_cpp(tokens: str, indent: str = "  ") -> str:
     for i, tok in enumerate(toks):
         prev = toks[i - 1] if i else ""
         nxt = toks[i + 1] if i + 1 < len(toks) else ""
+        if tok == "ENDCOM":  # the tokenizer's end of a preprocessor line (``#pragma unroll ENDCOM``)
+            newline()
+            continue
+        if tok.startswith("#") and current.strip():  # a directive starts its own line
+            newline()
         if tok == "}":
             newline()
             depth = max(depth - 1, 0)
@@ -143,7 +150,7 @@ def load_babeltower(path: str | Path | None, split: str = "test", limit: int | N
     """BabelTower C++ -> CUDA pairs (Wen et al., ICML 2022, "BabelTower: Learning to Auto-parallelized
     Program Translation").
 
-    Upstream: github.com/Wenwen-Wen/BabelTower (the paired evaluation set), files
+    Upstream: github.com/IPRC-ICT/BabelTower (the paired evaluation set), files
     ``cpp.para.{test,valid}.tok`` and ``cuda.para.{test,valid}.tok`` in one directory: line ``i`` of
     the two files is one aligned pair, each a whole function as space-separated tokens.
     ``source``/``target`` are detokenised with :func:`detokenize_cpp`; the tokenised lines are kept in

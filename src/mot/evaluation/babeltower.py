@@ -39,6 +39,8 @@ __all__ = [
     "generation_mode",
     "metrics_path",
     "predictions_path",
+    "read_predictions",
+    "score_babeltower",
     "template_stops",
 ]
 
@@ -55,14 +57,25 @@ def predictions_path(output_dir: str | Path, split: str) -> Path:
     return Path(output_dir) / f"babeltower_{split}_predictions.json"
 
 
+_FENCE = re.compile(r"```[\w+-]*[ \t]*(?:\n|$)")
+
+
 def clean_translation(text: str, stops: Sequence[str] = ("###",)) -> str:
-    """The code in a reply: cut at the first stop marker, a fenced block unwrapped, whitespace stripped."""
+    """The code in a reply: cut at the first stop marker, a fenced block unwrapped, whitespace stripped.
+
+    A fence opens a block when text follows it; a lone fence with code before it and nothing after
+    (the model closing a block it never opened) is dropped, keeping the code.
+    """
     cuts = [text.find(s) for s in stops if s and s in text]
     if cuts:
         text = text[:min(cuts)]
-    fenced = re.search(r"```[\w+-]*\n(.*?)(```|$)", text, re.S)
-    if fenced:
-        text = fenced.group(1)
+    fences = list(_FENCE.finditer(text))
+    if fences:
+        first = fences[0]
+        if len(fences) == 1 and text[:first.start()].strip() and not text[first.end():].strip():
+            text = text[:first.start()]
+        else:
+            text = text[first.end():fences[1].start()] if len(fences) > 1 else text[first.end():]
     return text.strip()
 
 
@@ -102,10 +115,6 @@ def evaluate_babeltower(generator, pairs: Sequence[TranslationPair], *, split: s
     """
     from rich.progress import track
 
-    from mot.evaluation.code_metrics import cuda_syntax_valid
-    from mot.evaluation.compile import compiles_cuda, nvcc_path
-    from mot.evaluation.metrics import score_translations
-
     if not pairs:
         raise ValueError("no BabelTower pairs to evaluate")
     if "{source}" not in prompt_template:
@@ -122,6 +131,27 @@ def evaluate_babeltower(generator, pairs: Sequence[TranslationPair], *, split: s
     for start in track(starts, description="BabelTower translate", disable=not progress):
         replies = generator.generate(prompts[start:start + batch_size], params)
         predictions.extend(clean_translation(r, params.stop) for r in replies)
+    metrics, records = score_babeltower(pairs, predictions, split=split, check_compilation=check_compilation,
+                                        compile_workers=compile_workers, primaries=primaries)
+    metrics.update(expert_usage=usage, generation_mode=generation_mode(generator),
+                   model=str(getattr(generator, "name", "")), temperature=params.temperature, top_p=params.top_p,
+                   max_new_tokens=params.max_new_tokens, seed=params.seed, prompt_template=prompt_template)
+    return metrics, records
+
+
+def score_babeltower(pairs: Sequence[TranslationPair], predictions: Sequence[str], *, split: str,
+                     check_compilation: bool = True, compile_workers: int = 2,
+                     primaries: Sequence[str | None] | None = None) -> tuple[dict, list[dict]]:
+    """Score ready-made ``predictions`` (one per pair, in order) against the pairs' CUDA references.
+
+    Returns ``(metrics, records)`` as :func:`evaluate_babeltower` does, without the generation fields.
+    """
+    from mot.evaluation.code_metrics import cuda_syntax_valid
+    from mot.evaluation.compile import compiles_cuda, nvcc_path
+    from mot.evaluation.metrics import score_translations
+
+    if len(predictions) != len(pairs):
+        raise ValueError(f"{len(predictions)} predictions for {len(pairs)} BabelTower pairs")
     refs = [p.target or "" for p in pairs]
     metrics = score_translations(predictions, refs, check_compilation=False)
     compiled: list[bool | None] = [None] * len(predictions)
@@ -136,11 +166,55 @@ def evaluate_babeltower(generator, pairs: Sequence[TranslationPair], *, split: s
     metrics["compilation_accuracy"] = (100.0 * sum(bool(c) for c in compiled) / len(compiled)
                                        if status == "nvcc -c" else None)
     metrics["compilation_status"] = status
-    metrics.update(split=split, expert_usage=usage, generation_mode=generation_mode(generator),
-                   model=str(getattr(generator, "name", "")), parableu_note=PARABLEU_NOTE,
-                   temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-                   seed=params.seed, prompt_template=prompt_template)
+    metrics.update(split=split, parableu_note=PARABLEU_NOTE)
+    primaries = list(primaries) if primaries is not None else [None] * len(pairs)
     records = [{"id": pair.id, "source": pair.source, "reference": ref, "prediction": pred, "primary_expert": primary,
                 "syntax_valid": cuda_syntax_valid(pred), "compiles": ok}
                for pair, ref, pred, primary, ok in zip(pairs, refs, predictions, primaries, compiled, strict=True)]
     return metrics, records
+
+
+def read_predictions(path: str | Path, pairs: Sequence[TranslationPair]) -> list[str]:
+    """Hypotheses for ``pairs`` from ``path``: a JSON list (or JSON lines) of strings, one per pair in
+    order, or of records with ``prediction`` (and ``id``, matched to the pairs' ids when present) --
+    the ``babeltower_<split>_predictions.json`` this command writes is one."""
+    import json
+
+    from mot.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: predictions file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the predictions file as UTF-8 text ({exc})") from None
+    try:
+        if path.suffix == ".jsonl":
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of predictions, got {type(items).__name__}")
+    texts: list[str] = []
+    by_id: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("prediction"), str):
+            if "id" in item:
+                by_id[str(item["id"])] = item["prediction"]
+            texts.append(item["prediction"])
+        elif isinstance(item, str):
+            texts.append(item)
+        else:
+            raise DataError(f"{path}: item {i} is {type(item).__name__}; expected a string or an object "
+                            "with a 'prediction' string")
+    if by_id and len(by_id) == len(items):
+        missing = [p.id for p in pairs if p.id not in by_id]
+        if missing:
+            raise DataError(f"{path}: no prediction for pair {missing[0]!r} ({len(missing)} missing in all)")
+        return [by_id[p.id] for p in pairs]
+    if len(texts) < len(pairs):
+        raise DataError(f"{path}: {len(texts)} predictions for {len(pairs)} pairs; give one per pair, in order")
+    return texts[:len(pairs)]

@@ -239,17 +239,36 @@ def _syntax_match(refs: list[str], hyps: list[str], language) -> float:
 
 
 def _dataflow_match(refs: list[str], hyps: list[str], grammar: str) -> float:
-    """codebleu's ``corpus_dataflow_match`` with its ``cpp`` rules (picklable: takes the grammar name)."""
-    from codebleu import dataflow_match
+    """CodeBLEU's data-flow match with its ``cpp`` rules, from the ``codebleu`` package's own data-flow
+    extraction (picklable: takes the grammar name).
 
-    return float(
-        dataflow_match.corpus_dataflow_match(
-            [[r.strip()] for r in refs],
-            [h.strip() for h in hyps],
-            "cpp",
-            tree_sitter_language=_grammar(grammar),
-        )
-    )
+    The share of the references' normalised data-flow edges found in the predictions.  Only when the
+    references have no data flow at all is the match full (1.0), as CodeBLEU defines it: a prediction
+    that matches none of the reference's edges scores 0 (``codebleu.calc_codebleu`` turns that 0
+    into 1 too, with ``score or 1``, which would give a wrong answer 25 CodeBLEU points).
+    """
+    import tree_sitter
+    from codebleu.dataflow_match import dfg_function, get_data_flow, normalize_dataflow
+    from codebleu.parser import remove_comments_and_docstrings
+
+    parser = tree_sitter.Parser(_grammar(grammar))
+    walker = [parser, dfg_function["cpp"]]
+    matched = total = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        flows = []
+        for code in (hyp.strip(), ref.strip()):
+            try:
+                code = remove_comments_and_docstrings(code, "cpp")
+            except Exception:  # noqa: BLE001 - codebleu keeps the code as is when it cannot strip it
+                pass
+            flows.append(normalize_dataflow(get_data_flow(code, walker)))
+        hyp_flows, ref_flows = flows
+        total += len(ref_flows)
+        for flow in ref_flows:
+            if flow in hyp_flows:
+                matched += 1
+                hyp_flows.remove(flow)
+    return 1.0 if total == 0 else matched / total
 
 
 def _codebleu_parts(
@@ -304,13 +323,8 @@ def codebleu_components(
 
 def _codebleu_from(c: dict[str, float], weights=(0.25, 0.25, 0.25, 0.25)) -> float:
     a, b, g, d = weights
-    # as codebleu.calc_codebleu: no reference data-flow at all (score 0) counts as a full match
-    return (
-        a * c["ngram_match"]
-        + b * c["weighted_ngram_match"]
-        + g * c["syntax_match"]
-        + d * (c["dataflow_match"] or 1.0)
-    )
+    # the data-flow match is already 1.0 when the references have no data flow (_dataflow_match)
+    return a * c["ngram_match"] + b * c["weighted_ngram_match"] + g * c["syntax_match"] + d * c["dataflow_match"]
 
 
 def codebleu(

@@ -20,7 +20,7 @@ component                  weight  definition
                                    and the CUDA keywords in :data:`CUDA_KEYWORDS`, 0.2 otherwise
 ``syntax_match``           0.2     codebleu's AST subtree match, parsed with tree-sitter-cuda
 ``dataflow_match``         0.2     codebleu's data-flow match (``cpp`` rules, CUDA grammar);
-                                   0 reference flows count as 1, as in ``calc_codebleu``
+                                   full (1) only when the references have no data flow
 ``parallel_match``         0.1     F1 between the multisets of parallel constructs of prediction
                                    and reference (``threadIdx.x``, ``blockIdx.y``, ``blockDim.x``,
                                    ``gridDim``, ``__global__``, ``__shared__``,
@@ -123,7 +123,7 @@ def _components_from_parts(preds: list[str], refs: list[str], parts: dict[str, f
         "ngram_match": parts["ngram_match"],
         "weighted_ngram_match": parts[CUDA_WEIGHTED_KEY],
         "syntax_match": parts["syntax_match"],
-        "dataflow_match": parts["dataflow_match"] or 1.0,
+        "dataflow_match": parts["dataflow_match"],
         "parallel_match": sum(
             _f1(parallel_constructs(p), parallel_constructs(r)) for p, r in zip(preds, refs, strict=True)
         )

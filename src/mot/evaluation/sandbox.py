@@ -24,13 +24,23 @@ An unprivileged uid of its own (root only)
     As non-root the child keeps our uid: the process limit becomes our current process count plus
     ``max_procs``, the PID namespace (when available) hides our processes from it, but it can write
     wherever we can.
-    World-writable directories (``/tmp``, ``/dev/shm``) stay writable: a known gap, not a way out
-    to our files. When no PID namespace is available, every process of that uid is killed after
-    the run (``kill(-1)`` as that uid).
+    When no PID namespace is available, every process of that uid is killed after the run
+    (``kill(-1)`` as that uid).
+A private file system (root, with ``unshare --mount --mount-proc`` added)
+    Before forking, the launcher builds a new root in its mount namespace and ``pivot_root``s into
+    it: one tmpfs of ``max_disk_mb`` MB (the total disk the program can fill, across all its files)
+    holding the program's directory (a copy of the files given), ``/tmp`` and ``/dev/shm``; read-only
+    bind mounts of ``/usr`` (and the ``/bin``, ``/lib``... links), the loader's files in ``/etc``, the
+    Python installation and ``ro_paths``; ``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``
+    (plus ``/dev/nvidia*`` for ``gpu``); and a ``/proc`` of the new PID namespace. The host's files,
+    processes, ``/tmp``, ``/dev/shm`` and the Unix sockets in them are not there, and everything the
+    program wrote disappears with the namespace. Without it (``"filesystem: host (NOT isolated)"``)
+    world-readable host files and the world-writable ``/tmp`` and ``/dev/shm`` stay reachable.
 Without ``unshare``
     No network namespace: for Python programs a ``sitecustomize``-style guard replaces
     ``socket.socket`` with one that raises (a Python-level guard, not a security boundary: ctypes
-    can bypass it); other languages get no network isolation, and ``isolation`` says so.
+    can bypass it); other languages get no network isolation. ``isolation`` then starts with
+    ``"NOT a security boundary: ..."`` and the first run logs one warning line saying so.
 
 Wall time is enforced by killing the whole process group (the child runs in a new session), output
 is read while the program runs and the program is killed once ``max_output_kb`` is exceeded, so our
@@ -51,7 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +95,60 @@ import json, os, resource, signal, sys
 spec = json.loads(sys.argv[1])
 status_fd = spec["status_fd"]
 os.set_inheritable(status_fd, False)
+fs = spec.get("fs")
+if fs:
+    import ctypes, shutil, stat
+    libc = ctypes.CDLL(None, use_errno=True)
+    def _c(text):
+        return None if text is None else text.encode()
+    def mount(src, dst, fstype, flags, data=None):
+        if libc.mount(_c(src), _c(dst), _c(fstype), ctypes.c_ulong(flags), _c(data)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), dst)
+    RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+    root = fs["root"]
+    mount(None, "/", None, REC | PRIVATE)
+    mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=%dm,mode=755" % fs["disk_mb"])
+    def place(path, directory):
+        target = root + path
+        if directory:
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        return target
+    for path in fs["links"]:
+        os.makedirs(os.path.dirname(root + path), exist_ok=True)
+        os.symlink(os.readlink(path), root + path)
+    for path in fs["ro"]:
+        target = place(path, os.path.isdir(path))
+        mount(path, target, None, BIND | REC)
+        mount(None, target, None, REMOUNT | BIND | RDONLY | NOSUID)
+    for path in fs["devices"]:
+        mount(path, place(path, False), None, BIND)
+    for name, to in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                     ("stderr", "/proc/self/fd/2")):
+        os.symlink(to, root + "/dev/" + name)
+    for path in ("/tmp", "/dev/shm"):
+        os.makedirs(root + path, exist_ok=True)
+        os.chmod(root + path, 0o1777)
+    os.makedirs(root + "/proc", exist_ok=True)
+    mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC)
+    shutil.copytree(spec["cwd"], root + spec["cwd"], symlinks=True)
+    if spec["uid"] is not None:
+        for dirpath, dirnames, filenames in os.walk(root + spec["cwd"]):
+            for name in [dirpath] + [os.path.join(dirpath, n) for n in dirnames + filenames]:
+                os.lchown(name, spec["uid"], spec["uid"])
+    os.chdir(root)
+    os.mkdir(".old-root")
+    if libc.syscall(fs["pivot_root_nr"], b".", b".old-root") != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "pivot_root")
+    os.chdir("/")
+    if libc.umount2(b"/.old-root", 2) != 0:  # MNT_DETACH
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "umount /.old-root")
+    os.rmdir("/.old-root")
 pid = os.fork()
 if pid == 0:
     try:
@@ -157,9 +221,17 @@ class _Isolation:
     unshare_prefix: tuple[str, ...] | None  # None: no namespaces
     drop_uid: bool  # root: run the child as a private uid
     python: str  # interpreter the sandboxed uid can run
+    private_fs: bool = False  # root + mount namespace: private root (tmpfs + read-only binds), own /proc
 
     def labels(self, network: bool, language: str) -> tuple[str, ...]:
         out = ["rlimits", "new-session"]
+        if self.unshare_prefix is None:
+            out.append("NOT a security boundary: no unshare (rlimits, uid and a Python socket guard only)")
+        if self.private_fs:
+            out.append("filesystem: private (read-only system view, size-limited tmpfs scratch, own /tmp, /dev/shm)")
+            out.append("proc: private")
+        else:
+            out.append("filesystem: host (NOT isolated)")
         if self.unshare_prefix is not None:
             out.append("pid-namespace")
             out.append("network: allowed" if network else "network: namespace")
@@ -194,6 +266,10 @@ def _isolation() -> _Isolation:
         candidate = (*base, "--net", "--pid", "--fork", "--kill-child", "--")
         if _probe([*candidate, "true"]):
             prefix = candidate
+    if prefix is not None:  # a mount namespace with its own /proc, where allowed
+        with_mount = (*prefix[:-5], "--mount", "--mount-proc", *prefix[-5:])
+        if _probe([*with_mount, "true"]):
+            prefix = with_mount
     python = sys.executable
     if is_root:
         # the interpreter must start as the unprivileged uid (e.g. pyenv under a 0700 /root)
@@ -211,7 +287,53 @@ def _isolation() -> _Isolation:
             ):
                 python = cand
                 break
-    return _Isolation(unshare_prefix=prefix, drop_uid=is_root, python=python)
+    private_fs = False
+    if is_root and prefix is not None and "--mount" in prefix and _PIVOT_ROOT_NR is not None:
+        iso = _Isolation(unshare_prefix=prefix, drop_uid=True, python=python, private_fs=True)
+        private_fs = _probe_private_fs(iso)
+    return _Isolation(unshare_prefix=prefix, drop_uid=is_root, python=python, private_fs=private_fs)
+
+
+def _probe_private_fs(iso: _Isolation) -> bool:
+    """Can the launcher build the private root here (mount, tmpfs, bind, pivot_root)?"""
+    base = Path(tempfile.mkdtemp(prefix="mot-sandbox-probe-"))
+    work, root = base / "work", base / "root"
+    work.mkdir()
+    root.mkdir()
+    spec = {"status_fd": 2, "limits": [], "uid": None, "sweep_uid": None, "cwd": str(work),
+            "argv": [iso.python, "-I", "-S", "-c", "import os; assert not os.path.exists('/root/.cache')"],
+            "env": {"PATH": _SAFE_PATH}, "fs": _fs_spec(iso, root, 16, gpu=False, ro_paths=())}
+    try:
+        return _probe([*iso.unshare_prefix, sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec)])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# pivot_root(2) has no libc wrapper: the syscall number of this architecture
+_PIVOT_ROOT_NR = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}.get(os.uname().machine)
+# the read-only view: the system's programs and libraries and the loader's configuration
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/alternatives",
+                 "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+
+
+def _fs_spec(iso: _Isolation, root: Path, disk_mb: int, *, gpu: bool, ro_paths: Sequence[str]) -> dict:
+    """What the launcher mounts in the private root: read-only binds, symlinks, device nodes."""
+    wanted = list(_SYSTEM_PATHS)
+    python_prefix = Path(os.path.realpath(iso.python)).parents[1]
+    wanted.append(str(python_prefix))
+    wanted += [os.path.abspath(os.path.realpath(p)) for p in ro_paths]
+    links, ro = [], []
+    for path in wanted:
+        if os.path.islink(path) and os.path.dirname(path) == "/":
+            links.append(path)  # /bin -> usr/bin and friends: the same link inside
+        elif os.path.exists(path) and not any(path == r or path.startswith(r.rstrip("/") + "/") for r in ro):
+            ro.append(path)
+    devices = [d for d in _DEVICES if os.path.exists(d)]
+    if gpu:
+        devices += sorted(str(d) for d in Path("/dev").glob("nvidia*") if d.is_char_device())
+    return {"root": str(root), "disk_mb": int(disk_mb), "links": links, "ro": ro, "devices": devices,
+            "pivot_root_nr": _PIVOT_ROOT_NR}
 
 
 def sandbox_isolation() -> tuple[str, ...]:
@@ -309,6 +431,8 @@ def _classify(report: dict, stderr: str, limits: dict) -> tuple[str, str, int | 
         return "timeout", f"CPU time limit of {limits['cpu_s']} s exceeded", returncode
     if sig == signal.SIGXFSZ or "File too large" in stderr:
         return "file_limit", f"file size limit of {limits['max_file_mb']} MB exceeded", returncode
+    if limits.get("max_disk_mb") and "No space left on device" in stderr:
+        return "file_limit", f"disk limit of {limits['max_disk_mb']} MB exceeded: {_last_line(stderr)}", returncode
     if any(m in stderr for m in ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")):
         return (
             "memory",
@@ -341,7 +465,10 @@ def run_sandboxed(
     max_procs: int = 32,
     max_file_mb: int = 16,
     max_output_kb: int = 256,
+    max_disk_mb: int = 512,
     network: bool = False,
+    gpu: bool | None = None,
+    ro_paths: Sequence[str] = (),
 ) -> SandboxResult:
     """Run untrusted code in a fresh temp dir under limits; never raises for anything the code does.
 
@@ -351,10 +478,19 @@ def run_sandboxed(
     a leading ``"python"`` is replaced by an interpreter the sandbox can start.
     ``cpu_s`` defaults to ``ceil(timeout_s)``. ``stdout``/``stderr`` keep at most ``max_output_kb``
     together; ``truncated`` says when output was cut.
+
+    With a private file system (root with mount namespaces: ``"filesystem: private"`` in ``isolation``)
+    the program sees only a read-only view of the system (``/usr``, the loader's files, the Python
+    installation, ``ro_paths``), a few device nodes (``gpu``: also ``/dev/nvidia*``; None: for every
+    language but Python, so ParEval's CUDA programs run), its own ``/proc``,
+    and one tmpfs of ``max_disk_mb`` MB holding its directory, ``/tmp`` and ``/dev/shm`` -- all of it gone
+    when the run ends.
     """
     if language != "python" and cmd is None:
         raise ValueError(f"run_sandboxed: language {language!r} needs an explicit cmd")
     iso = _isolation()
+    if iso.unshare_prefix is None:
+        _warn_fallback_once()
     files = {"main.py": code} if isinstance(code, str) else dict(code)
     guard = not network and iso.unshare_prefix is None and language == "python"
     if cmd is None:
@@ -379,7 +515,8 @@ def run_sandboxed(
             raise ValueError(f"run_sandboxed: command {argv[0]!r} not found on {_SAFE_PATH}")
         argv[0] = resolved
     cpu_limit = int(cpu_s if cpu_s is not None else max(1, int(timeout_s + 0.999)))
-    limits = {"cpu_s": cpu_limit, "memory_mb": memory_mb, "max_procs": max_procs, "max_file_mb": max_file_mb}
+    limits = {"cpu_s": cpu_limit, "memory_mb": memory_mb, "max_procs": max_procs, "max_file_mb": max_file_mb,
+              "max_disk_mb": max_disk_mb if iso.private_fs else None}
     isolation = iso.labels(network, language)
     # RLIMIT_NPROC counts every process of the uid: with a private uid that is this sandbox alone;
     # as non-root it is all of the caller's processes, so the allowance comes on top of those
@@ -388,6 +525,8 @@ def run_sandboxed(
 
     lease = _UidLease() if iso.drop_uid else None
     workdir = Path(tempfile.mkdtemp(prefix="mot-sandbox-"))
+    # the private root's mount point (empty on the host: the tmpfs lives in the namespace only)
+    root = Path(tempfile.mkdtemp(prefix="mot-sandbox-root-")) if iso.private_fs else None
     stdin_file = tempfile.TemporaryFile()
     status_r, status_w = os.pipe()
     proc: subprocess.Popen | None = None
@@ -423,6 +562,8 @@ def run_sandboxed(
             "cwd": str(workdir),
             "argv": argv,
             "env": env,
+            "fs": (_fs_spec(iso, root, max_disk_mb, gpu=language != "python" if gpu is None else gpu,
+                            ro_paths=ro_paths) if root is not None else None),
         }
         if network or iso.unshare_prefix is None:
             prefix: list[str] = []
@@ -500,6 +641,17 @@ def run_sandboxed(
                 os.close(fd)
         stdin_file.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@functools.cache
+def _warn_fallback_once() -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "sandbox: unshare is not usable here, so model-written code runs with rlimits, a private uid (root "
+        "only) and a Python socket guard: NOT a security boundary (host files, /proc and /tmp are visible)")
 
 
 def _read_all(fd: int) -> bytes:

@@ -256,10 +256,29 @@ class MultiTokenTask:
                 metrics[f"routing/expert_{head}"] = share[head].item()
         return loss, metrics
 
+    def _scored_ce(self, hidden, labels, outputs) -> tuple[float, int, torch.Tensor]:
+        """(summed CE, number of scored targets, ``correct [N, H]``) of every head on ``labels``."""
+        heads = self.module
+        correct = torch.zeros_like(labels, dtype=torch.bool)
+        correct[:, 0] = True
+        rows = heads.vocab_rows(labels)
+        tokens = read_tokens(labels)
+        ce_sum, ce_count = 0.0, 0
+        for head in range(1, heads.num_heads):
+            scored, logits, target = self._scored_logits(hidden, tokens, rows, head, outputs)
+            if logits is None:
+                continue
+            correct[scored, head] = logits.argmax(-1) == target
+            ce_sum += F.cross_entropy(logits, target, reduction="sum").item()
+            ce_count += scored.numel()
+        return ce_sum, ce_count, correct
+
     def evaluate(self, batches) -> dict[str, float]:
-        """Validation against the backbone's greedy chain (on its greedy continuations when attached, else
-        on the data, where a step whose chain the data does not pin down counts as rejected: a lower
-        bound): CE, per-head acceptance along the chain, and the estimate of tokens per backbone pass."""
+        """Validation: ``val_loss`` is the CE per scored target of the heads on what this stage trains them
+        on -- stage 1: the data's next tokens (teacher forcing); stage 2: the backbone's greedy chain (on its
+        greedy continuations when attached) -- and NaN, never 0, when no target could be scored.  Per-head
+        acceptance along the chain and the estimate of tokens per backbone pass come from the greedy chain
+        (on the data, a step whose chain the data does not pin down counts as rejected: a lower bound)."""
         heads = self.module
         num_heads = heads.num_heads
         k = num_heads if self.stage == 1 else heads.config.k_max
@@ -267,6 +286,13 @@ class MultiTokenTask:
         accepted_sum = torch.zeros(num_heads)
         steps = 0
         for batch in batches:
+            if self.stage == 1:  # the loss on the data's targets, as stage 1 trains
+                ids, attention, response = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+                data_rows = torch.ones(ids.shape[0], dtype=torch.bool)
+                hidden, labels, _, outputs = self._forward(ids, attention, response, data_rows)
+                if hidden.shape[0]:
+                    batch_sum, batch_count, _ = self._scored_ce(hidden, labels, outputs)
+                    ce_sum, ce_count = ce_sum + batch_sum, ce_count + batch_count
             if "greedy_ids" in batch:
                 ids, attention, response = batch["greedy_ids"], batch["greedy_attention_mask"], batch["greedy_response_mask"]
             else:
@@ -274,22 +300,14 @@ class MultiTokenTask:
             hidden, labels, _, outputs = self._forward(ids, attention, response)
             if hidden.shape[0] == 0:
                 continue
-            correct = torch.zeros_like(labels, dtype=torch.bool)
-            correct[:, 0] = True
-            rows = heads.vocab_rows(labels)
-            tokens = read_tokens(labels)
-            for head in range(1, num_heads):
-                scored, logits, target = self._scored_logits(hidden, tokens, rows, head, outputs)
-                if logits is None:
-                    continue
-                correct[scored, head] = logits.argmax(-1) == target
-                ce_sum += F.cross_entropy(logits, target, reduction="sum").item()
-                ce_count += scored.numel()
+            batch_sum, batch_count, correct = self._scored_ce(hidden, labels, outputs)
+            if self.stage == 2:
+                ce_sum, ce_count = ce_sum + batch_sum, ce_count + batch_count
             active = torch.zeros_like(labels, dtype=torch.bool)
             active.scatter_(1, active_heads(heads.router_scores(hidden), k), True)
             accepted_sum += (_accepted_chain(correct) * active.float().cumprod(-1)).sum(0).cpu()
             steps += hidden.shape[0]
-        metrics = {"val_loss": ce_sum / max(ce_count, 1),
+        metrics = {"val_loss": ce_sum / ce_count if ce_count else float("nan"),
                    "val_est_tokens_per_pass": accepted_sum.sum().item() / max(steps, 1)}
         for head in range(1, num_heads):
             metrics[f"val_accept/head_{head}"] = accepted_sum[head].item() / max(steps, 1)

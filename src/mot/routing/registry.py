@@ -20,7 +20,7 @@ from torch import nn
 from mot.errors import UsageError
 from mot.routing.decision import RoutingDecision
 
-__all__ = ["ROUTERS", "build_router", "register_router", "resolve_router", "router_spec"]
+__all__ = ["ROUTERS", "build_router", "is_registered_router", "register_router", "resolve_router", "router_spec"]
 
 ROUTERS: dict[str, type[nn.Module]] = {}
 
@@ -54,6 +54,11 @@ def _unknown(spec: str) -> UsageError:
         f"unknown router {spec!r}{hint}: registered routers are {names}; "
         "or give an import path 'package.module:ClassName' (or 'package.module.ClassName') to a router class"
     )
+
+
+def is_registered_router(spec: Any) -> bool:
+    """True when ``spec`` names a registered router: building it imports no code (an import path does)."""
+    return isinstance(spec, str) and spec.strip().lower().replace("-", "_") in ROUTERS
 
 
 def resolve_router(spec: str | type) -> Callable[..., nn.Module]:

@@ -132,19 +132,43 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a directory written by MixtureOfThoughts.save_pretrained")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not a text file (byte at offset {exc.start} is not UTF-8); expected the "
+                              "config.json written by MixtureOfThoughts.save_pretrained") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(meta).__name__}; not a Mixture of "
+                              "Thoughts checkpoint")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Mixture of Thoughts checkpoint (format {meta.get('format')!r})")
     return meta
 
 
+def check_router_trust(meta: dict[str, Any], path: Path, trust_remote_code: bool) -> None:
+    """Refuse (before anything is imported or loaded) a checkpoint that names its router by import path,
+    unless the caller trusts it."""
+    from mot.routing.registry import is_registered_router
+
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    for key, spec in (("config.router_type", config.get("router_type", "mlp")), ("router", meta.get("router"))):
+        if spec is None or is_registered_router(spec) or trust_remote_code:
+            continue
+        raise CheckpointError(
+            f"{path}: {key} is {spec!r}, an import path: loading it would import and run that code; pass "
+            "trust_remote_code=True only if you trust this checkpoint (registered routers need no flag)")
+
+
 def from_pretrained(cls: type, directory: str | os.PathLike, experts: Sequence[Any] | None = None, *,
-                    encoder: Any = None, **load_kwargs: Any) -> Any:
+                    encoder: Any = None, trust_remote_code: bool = False, **load_kwargs: Any) -> Any:
     """``experts``: ``(model, tokenizer)`` pairs, or specs loaded with ``mot.experts.resolve_expert``
     (``load_kwargs`` go to it); None: the specs recorded in the checkpoint.  Every expert must match
-    the checkpoint's record."""
+    the checkpoint's record.
+
+    A checkpoint whose router is given by import path (not a registered router name) would import and
+    run that code: it is refused unless ``trust_remote_code=True``, like ``transformers``' flag of that
+    name.  The registered routers (``linear``, ``mlp``, ...) need no flag."""
     from safetensors.torch import load_file
 
     from mot.experts import adapter_for
@@ -152,6 +176,7 @@ def from_pretrained(cls: type, directory: str | os.PathLike, experts: Sequence[A
 
     directory = Path(directory)
     meta = read_config(directory)
+    check_router_trust(meta, directory / CONFIG_NAME, trust_remote_code)
     records = meta["experts"]
     if experts is None:
         experts = [record["spec"] for record in records]

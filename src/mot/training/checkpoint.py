@@ -2,7 +2,8 @@
 
 Layout of ``<run_dir>/step-000123/`` (and ``<run_dir>/best/``)::
 
-    checkpoint.json        step, epoch, data position, fingerprint, parameter shapes, metrics (written last)
+    checkpoint.json        step, epoch, data position, fingerprint, parameter shapes, metrics, and the
+                           SHA-256 of every other file in the directory (written last)
     trainable.safetensors  the task's trainable_state_dict()
     training_config.json   the TrainingConfig of the run
     trainer_state.pt       optimizer, scheduler, grad scaler, RNG states (per rank), counters; tensors and
@@ -11,11 +12,15 @@ Layout of ``<run_dir>/step-000123/`` (and ``<run_dir>/best/``)::
 
 Everything is written into ``.tmp-step-000123-<pid>/`` and renamed into place, so a directory named
 ``step-*`` is complete or absent; a crash leaves only a ``.tmp-*`` directory, removed on the next start.
+Reading a checkpoint verifies the checksums: a corrupted file (a bit flip, a truncated copy) makes the
+checkpoint invalid, and ``resume="auto"`` then falls back to the newest valid one with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -39,7 +44,11 @@ CONFIG_FILE = "training_config.json"
 REQUIRED_FILES = (META_FILE, WEIGHTS_FILE, STATE_FILE)
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 TEMP_PREFIX = ".tmp-"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums of every file
+TRAINER_STATE_KEYS = {"optimizer": dict, "scheduler": dict, "scaler": dict, "rng": list, "step": int,
+                      "epoch": int, "micro_index": int, "nonfinite_total": int, "consecutive_nonfinite": int}
+
+logger = logging.getLogger(__name__)
 
 
 def step_dir_name(step: int) -> str:
@@ -116,7 +125,7 @@ def write_checkpoint(
         _write_weights(tmp / WEIGHTS_FILE, weights)
         _write_json(tmp / CONFIG_FILE, training_config)
         _write_trainer_state(tmp / STATE_FILE, trainer_state)
-        _write_json(tmp / META_FILE, {"format": FORMAT_VERSION, **meta})
+        _write_json(tmp / META_FILE, {"format": FORMAT_VERSION, **meta, "checksums": checksums(tmp)})
         _fsync_dir(tmp)
         _replace_dir(tmp, final)
     except BaseException:
@@ -139,8 +148,28 @@ def clean_temp_dirs(run_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------- discovery
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` except ``checkpoint.json``."""
+    directory = Path(directory)
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and rel != META_FILE:
+            out[rel] = file_sha256(path)
+    return out
+
+
 def read_meta(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's metadata, or None when ``path`` is not a complete checkpoint."""
+    """The checkpoint's metadata, or None when ``path`` is not a complete checkpoint (checksums are
+    not verified here: see :func:`checkpoint_problem`)."""
     path = Path(path)
     if not path.is_dir() or not all((path / f).is_file() for f in REQUIRED_FILES):
         return None
@@ -149,6 +178,33 @@ def read_meta(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and "step" in meta else None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None when ``path`` is a complete checkpoint whose files match their recorded checksums; otherwise
+    what is wrong, in a few words (``missing trainable.safetensors``, ``trainable.safetensors does not
+    match its checksum``).  Checkpoints written before checksums were recorded pass unverified."""
+    path = Path(path)
+    if not path.is_dir():
+        return "not a directory"
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    meta = read_meta(path)
+    if meta is None:
+        return f"unreadable {META_FILE}"
+    recorded = meta.get("checksums")
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        return f"{META_FILE} has no valid checksums"
+    for rel, digest in sorted(recorded.items()):
+        file = path / rel
+        if not file.is_file():
+            return f"missing {rel}"
+        if file_sha256(file) != digest:
+            return f"{rel} does not match its checksum (corrupted)"
+    return None
 
 
 def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -163,11 +219,24 @@ def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete ``step-*`` checkpoint in ``run_dir`` (temp and partial directories ignored)."""
+    """The newest complete ``step-*`` checkpoint in ``run_dir`` (temp and partial directories ignored;
+    checksums not verified: :func:`newest_valid_checkpoint` does that)."""
     for _, path in reversed(step_checkpoints(run_dir)):
         if read_meta(path) is not None:
             return path
     return None
+
+
+def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest ``step-*`` checkpoint that is complete and matches its checksums, and the newer ones
+    passed over with what is wrong with each (newest first)."""
+    skipped = []
+    for _, path in reversed(step_checkpoints(run_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, skipped
+        skipped.append((path, problem))
+    return None, skipped
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
@@ -182,27 +251,48 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
 
 
 def resolve_resume(resume: str | os.PathLike | None, run_dir: Path) -> Path | None:
-    """``None`` -> start fresh; ``"auto"`` -> newest complete checkpoint in ``run_dir`` (or fresh);
-    a path -> that checkpoint, or the newest one inside it when it is a run directory."""
+    """``None`` -> start fresh; ``"auto"`` -> the newest valid checkpoint in ``run_dir`` (fresh when the
+    run has none yet); a path -> that checkpoint, or the newest valid one inside it when it is a run
+    directory.
+
+    ``"auto"`` passes over corrupted or incomplete checkpoints to the previous valid one with a warning
+    naming both; when the run has ``step-*`` checkpoints but none is valid it raises ``CheckpointError``
+    instead of silently starting again from step 0 (starting over is asked for by not resuming).
+    """
     if resume is None:
         return None
     if str(resume) == "auto":
-        return latest_checkpoint(run_dir)
+        return _newest_or_fail(Path(run_dir), "resume=auto", fresh_if_empty=True)
     path = Path(resume).expanduser()
     if not path.exists():
         raise CheckpointError(f"resume checkpoint '{path}' does not exist; give a step-* directory or 'auto'")
-    if read_meta(path) is not None:
-        return path
-    latest = latest_checkpoint(path) if path.is_dir() else None
-    if latest is not None:
-        return latest
-    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()] if path.is_dir() else []
-    detail = f"missing {', '.join(missing)}" if missing else "unreadable checkpoint.json"
     if not path.is_dir():
-        detail = "not a directory"
-    raise CheckpointError(
-        f"'{path}' is not a complete checkpoint ({detail}); give a step-* directory written by mot or 'auto'"
-    )
+        raise CheckpointError(f"'{path}' is not a complete checkpoint (not a directory); "
+                              "give a step-* directory written by mot or 'auto'")
+    if (path / META_FILE).is_file() or not step_checkpoints(path):
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"'{path}' is not a complete checkpoint ({problem}); give a step-* directory "
+                                  "written by mot or 'auto'")
+        return path
+    return _newest_or_fail(path, f"resume '{path}'", fresh_if_empty=False)
+
+
+def _newest_or_fail(run_dir: Path, what: str, *, fresh_if_empty: bool) -> Path | None:
+    found, skipped = newest_valid_checkpoint(run_dir)
+    if skipped and found is not None:
+        for bad, problem in skipped:
+            logger.warning("%s: skipping checkpoint %s (%s); resuming from the previous valid one, %s",
+                           what, bad, problem, found)
+    if found is None and skipped:
+        bad, problem = skipped[0]
+        raise CheckpointError(
+            f"{what}: none of the {len(skipped)} checkpoint(s) in {run_dir} is valid (newest: {bad.name}: "
+            f"{problem}); restore the files, or start over from step 0 by running without resume "
+            f"(or after removing {run_dir}/step-*)")
+    if found is None and not fresh_if_empty:
+        raise CheckpointError(f"{what}: no checkpoint in {run_dir}; give a step-* directory written by mot or 'auto'")
+    return found
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -217,10 +307,14 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
+    """Read a checkpoint after verifying its checksums; anything wrong is one ``CheckpointError`` line."""
     path = Path(path)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"'{path}' is not a valid checkpoint ({problem}); give a step-* directory "
+                              "written by mot")
     meta = read_meta(path)
-    if meta is None:
-        raise CheckpointError(f"'{path}' is not a complete checkpoint; give a step-* directory written by mot")
+    assert meta is not None  # checked by checkpoint_problem
     try:
         weights = load_file(str(path / WEIGHTS_FILE))
     except (SafetensorError, OSError) as exc:
@@ -229,7 +323,28 @@ def load_checkpoint(path: Path) -> LoadedCheckpoint:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise CheckpointError(f"cannot read {path / STATE_FILE}: {str(exc).splitlines()[0]}") from exc
+    _check_trainer_state(path / STATE_FILE, state)
     return LoadedCheckpoint(path, meta, weights, state)
+
+
+def _check_trainer_state(file: Path, state: Any) -> None:
+    """One line naming ``file`` and the first key that is missing or of the wrong type."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a dict of trainer state, found a {type(state).__name__}; "
+                              "it was not written by mot's Trainer")
+    for key, kind in TRAINER_STATE_KEYS.items():
+        if key not in state:
+            raise CheckpointError(f"{file}: trainer state has no '{key}' entry; it was not written by mot's "
+                                  "Trainer (or is damaged)")
+        if not isinstance(state[key], kind):
+            raise CheckpointError(f"{file}: trainer state '{key}' is a {type(state[key]).__name__}, expected a "
+                                  f"{kind.__name__}; it was not written by mot's Trainer (or is damaged)")
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer.get("param_groups"), list) or not isinstance(optimizer.get("state"), dict):
+        raise CheckpointError(f"{file}: trainer state 'optimizer' has no param_groups/state; it was not written "
+                              "by mot's Trainer (or is damaged)")
+    if not state["rng"] or not all(isinstance(r, dict) for r in state["rng"]):
+        raise CheckpointError(f"{file}: trainer state 'rng' holds no per-process RNG states")
 
 
 def _fmt_shape(shape: Any) -> str:
