@@ -1,7 +1,10 @@
 """``mot serve``: an OpenAI-compatible API and a web chat UI over the models named at start.
 
-    mot serve --model tiny=./models/tiny --model smol=smollm2-135m [--host 127.0.0.1] [--port 8000]
-              [--api-key KEY] [--max-concurrency N] [--max-queue N] [--cors-origin URL]
+    MOT_API_KEY=KEY mot serve --model tiny=./models/tiny --model smol=smollm2-135m [--host 127.0.0.1]
+              [--port 8000] [--api-key-file FILE] [--max-concurrency N] [--max-queue N] [--cors-origin URL]
+
+The API key comes from ``MOT_API_KEY`` or ``--api-key-file``: ``--api-key KEY`` still works but puts the key
+in the process's command line, which every local user can read (``ps``, ``/proc/PID/cmdline``), so it warns.
 
 The lead registers ``serve`` as a single command; ``python -m mot.cli.serve_cmd`` runs it standalone.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -23,8 +27,13 @@ def serve(
                                     "repeatable. Only these names can be requested."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to bind."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="MOT_API_KEY",
-                                       help="Require 'Authorization: Bearer KEY' on /v1/* (or set MOT_API_KEY)."),
+    api_key: str | None = typer.Option(None, "--api-key",
+                                       help="Require 'Authorization: Bearer KEY' on everything but /health and "
+                                            "the chat UI. Prefer the MOT_API_KEY environment variable (read when "
+                                            "this option is absent) or --api-key-file: a key on the command line "
+                                            "is readable by every local user."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", dir_okay=False,
+                                             help="Read the API key from this file (its first line)."),
     max_concurrency: int = typer.Option(4, "--max-concurrency", min=1, help="Generations running at once."),
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Requests waiting beyond that; more get 429."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow browser calls from this origin "
@@ -46,8 +55,7 @@ def serve(
 
     from mot.serve import ModelRegistry, create_app
 
-    if api_key is not None and not api_key.strip():
-        raise UsageError("--api-key is empty; give a key or leave the option out")
+    api_key = _api_key(api_key, api_key_file)
     if not _is_loopback(host) and api_key is None:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the models",
                    err=True)
@@ -59,6 +67,30 @@ def serve(
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     typer.echo(f"serving {', '.join(registry.names())} at http://{shown}:{port}  (API: /v1, chat UI: /)", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=3)
+
+
+def _api_key(api_key: str | None, api_key_file: Path | None) -> str | None:
+    """The key from ``--api-key`` (warned about) or ``--api-key-file``, else ``MOT_API_KEY`` (empty: unset)."""
+    if api_key is not None and api_key_file is not None:
+        raise UsageError("the API key is given twice (--api-key and --api-key-file): keep one, preferably "
+                         "--api-key-file or the MOT_API_KEY variable")
+    if api_key_file is not None:
+        try:
+            lines = Path(api_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--api-key-file {api_key_file}: cannot read it ({exc}); give a readable text "
+                             "file holding the key") from None
+        api_key = lines[0] if lines else ""
+        if not api_key.strip():
+            raise UsageError(f"--api-key-file {api_key_file}: its first line is empty; write the key there")
+        return api_key.strip()
+    if api_key is None:
+        return os.environ.get("MOT_API_KEY", "").strip() or None
+    if not api_key.strip():
+        raise UsageError("--api-key is empty; give a key or leave the option out")
+    typer.echo("warning: --api-key puts the key in this process's command line, readable by every local "
+               "user (ps, /proc/PID/cmdline); set MOT_API_KEY or use --api-key-file instead", err=True)
+    return api_key
 
 
 def _is_loopback(host: str) -> bool:

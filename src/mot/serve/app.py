@@ -3,8 +3,13 @@
 Endpoints: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (``stream: true`` -> Server-Sent Events in the OpenAI chunk format ending in
 ``data: [DONE]``), and the chat UI at ``/``.  Errors use OpenAI's body, ``{"error": {"message", "type",
-"param", "code"}}``: 400 bad parameters / prompt too long / ``max_tokens`` over the limit, 401 missing or
-wrong API key, 404 unknown model, 413 body too large, 429 queue full.
+"param", "code"}}``: 400 bad parameters / prompt too long / ``max_tokens`` over the limit / text that is
+not valid Unicode, 401 missing or wrong API key, 404 unknown model, 413 body too large (counted as the bytes
+arrive, chunked bodies too), 429 queue full (streaming or not: always before the response starts).
+
+With an API key, everything but ``/health``, the web UI (``/``, ``/static``) needs it, the API schema and its
+viewers (``/openapi.json``, ``/docs``, ``/redoc``) included.  A client that disconnects cancels its
+generation and frees its slot, streaming or not.
 
 Routed models (MoT) add ``routing`` (primary and active experts, weights) to replies and to the first
 stream chunk; clients that do not know the field ignore it.
@@ -12,7 +17,9 @@ stream chunk; clients that do not know the field ignore it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
@@ -20,7 +27,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mot.generation import GenerationParams, Message
 from mot.serve.registry import ModelEntry, ModelRegistry
 from mot.serve.schemas import (
+    INVALID_UNICODE,
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
@@ -45,7 +54,7 @@ from mot.serve.schemas import (
     new_id,
     now,
 )
-from mot.serve.streaming import SSE_DONE, Admission, GenerationRun, sse
+from mot.serve.streaming import SSE_DONE, Admission, GenerationRun, Reservation, sse
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +73,64 @@ class APIError(Exception):
         self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type, self.code, self.param), status_code=self.status,
-                            headers=self.headers)
+        return _ErrorJSON(error_body(self.message, self.type, self.code, self.param), status_code=self.status,
+                          headers=self.headers)
 
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429)}
+class _ErrorJSON(JSONResponse):
+    """An error body that renders whatever text it holds: a lone surrogate echoed from a request is written
+    as its JSON escape instead of failing the UTF-8 encoding (which would turn a 4xx into a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413 as soon as the limit is passed.  A
+    ``Content-Length`` over it is refused before any byte is read; otherwise (chunked bodies included) the
+    bytes are counted as they arrive and reading stops at the first chunk past the limit.  A body within the
+    limit is handed to the app unchanged."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self) -> JSONResponse:
+        return APIError(413, f"request body over {self.max_bytes} bytes", code="request_too_large").response()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.max_bytes):
+                await self._too_large()(scope, receive, send)
+                return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before its body ended: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending: dict | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> dict:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app(scope, replay, send)
+
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429)}
 
 
 class _Prepared:
@@ -88,23 +150,18 @@ def create_app(registry: ModelRegistry, api_key: str | None = None, max_concurre
     ``max_concurrency`` generations run at once and ``max_queue`` more wait; beyond that: 429.
     ``cors_origins``: origins allowed to call the API from a browser (none by default)."""
     admission = Admission(max_concurrency, max_queue)
-    app = FastAPI(title="mot", version=_version(),
+    # The schema and its viewers are routes of their own below, behind the API key like the API.
+    app = FastAPI(title="mot", version=_version(), docs_url=None, redoc_url=None, openapi_url=None,
                   description="OpenAI-compatible API over mot models (MoT, moellama, multi-token, HF).")
     app.state.registry = registry
     app.state.admission = admission
 
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return APIError(413, f"request body over {max_body_bytes} bytes", code="request_too_large").response()
-        return await call_next(request)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -114,6 +171,8 @@ def create_app(registry: ModelRegistry, api_key: str | None = None, max_concurre
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems, param = [], None
         for err in exc.errors()[:5]:
+            if err.get("type") == INVALID_UNICODE:  # names its own place in the body
+                return APIError(400, err["msg"], param=err["ctx"]["param"], code="invalid_unicode").response()
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             param = param or where
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
@@ -124,6 +183,12 @@ def create_app(registry: ModelRegistry, api_key: str | None = None, max_concurre
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not a request's fault: still OpenAI's error body (the traceback goes to the log).
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return APIError(500, f"internal error: {type(exc).__name__}", "server_error").response()
 
     async def check_key(request: Request) -> None:
         if api_key is None:
@@ -139,6 +204,18 @@ def create_app(registry: ModelRegistry, api_key: str | None = None, max_concurre
     @app.get("/health", response_model=Health, tags=["server"])
     async def health() -> Health:
         return Health(models=len(registry), active=admission.active, queued=admission.queued)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(check_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(check_key)])
+    async def swagger(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=_root(request) + "/openapi.json", title="mot - Swagger UI")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=[Depends(check_key)])
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(openapi_url=_root(request) + "/openapi.json", title="mot - ReDoc")
 
     @app.get("/v1/models", response_model=ModelList, dependencies=[Depends(check_key)], responses=_ERRORS,
              tags=["openai"])
@@ -156,9 +233,10 @@ def create_app(registry: ModelRegistry, api_key: str | None = None, max_concurre
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         messages = [m.as_message() for m in body.messages]
         prepared = await _prepare(body, messages, body.new_token_limit())
+        place = _reserve(admission)  # 429 here, before any response starts: streaming or not
         if body.stream:
-            return _stream_response(_chat_events(prepared, body, admission))
-        text, completion_tokens = await _run_to_end(prepared, admission, request)
+            return _EventStream(_chat_events(prepared, body, place), place)
+        text, completion_tokens = await _run_to_end(prepared, place, request)
         return ChatCompletion(
             id=new_id("chatcmpl"), created=now(), model=body.model,
             choices=[ChatChoice(message=ResponseMessage(content=text),
@@ -171,9 +249,10 @@ def create_app(registry: ModelRegistry, api_key: str | None = None, max_concurre
     async def completions(body: CompletionRequest, request: Request) -> Any:
         prompt = body.prompt_text()
         prepared = await _prepare(body, prompt, body.new_token_limit())
+        place = _reserve(admission)
         if body.stream:
-            return _stream_response(_completion_events(prepared, body, admission))
-        text, completion_tokens = await _run_to_end(prepared, admission, request)
+            return _EventStream(_completion_events(prepared, body, place), place)
+        text, completion_tokens = await _run_to_end(prepared, place, request)
         return Completion(
             id=new_id("cmpl"), created=now(), model=body.model,
             choices=[CompletionChoice(text=(prompt + text) if body.echo else text,
@@ -232,6 +311,10 @@ def _version() -> str:
         return "0"
 
 
+def _root(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/")
+
+
 def _entry(registry: ModelRegistry, name: str) -> ModelEntry:
     entry = registry.get(name)
     if entry is None:
@@ -283,67 +366,89 @@ class _Counter:
         return self.pieces if counted is None else counted
 
 
-async def _run_to_end(prepared: _Prepared, admission: Admission, request: Request) -> tuple[str, int]:
-    """Generate the whole reply (non-streaming); a client that disconnects cancels it."""
-    import asyncio
-
-    if not admission.try_reserve():
-        raise _queue_full(admission)
-    await admission.acquire()
-    run = GenerationRun(prepared.entry.generator, prepared.prompt, prepared.params, admission.release).start()
+async def _run_to_end(prepared: _Prepared, place: Reservation, request: Request) -> tuple[str, int]:
+    """Generate the whole reply (non-streaming).  A client that disconnects -- while waiting for a slot or
+    while its reply is generated -- cancels it: its place or slot is free again at once."""
     counter = _Counter(prepared.entry)
+    runs: list[GenerationRun] = []
 
-    async def collect() -> None:
+    async def generate() -> None:
+        await place.acquire()
+        run = GenerationRun(prepared.entry.generator, prepared.prompt, prepared.params, place.admission.release)
+        runs.append(run.start())
         async for piece in run:
             counter.add(piece)
 
-    task = asyncio.ensure_future(collect())
+    task = asyncio.ensure_future(generate())
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.25)
-            if not task.done() and await request.is_disconnected():
-                run.cancel()
-        await task
-    except asyncio.CancelledError:
-        run.cancel()
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():  # the client went away first
+            if runs:
+                runs[0].cancel()  # the worker stops; its last hand-off (after the release) ends the task
+            else:
+                task.cancel()  # still waiting in line: the place is given back
+            await asyncio.wait({task})
+        if task.cancelled():  # nobody is left to answer
+            return "", 0
+        task.result()  # the generator's error, if any
+    except asyncio.CancelledError:  # this request itself is cancelled (the server is stopping)
+        for run in runs:
+            run.cancel()
+        if not task.done():
+            task.cancel()
         raise
     except Exception as exc:
-        run.cancel()
         log.exception("generation failed")
         raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from None
     finally:
-        if not task.done():
-            task.cancel()
+        gone.cancel()
+        place.abandon()  # only when the place was never used (nothing to give back otherwise)
     return "".join(counter.text), counter.total()
 
 
-def _queue_full(admission: Admission) -> APIError:
-    return APIError(429, f"server busy: {admission.active} generations running and {admission.queued} waiting; "
-                         "retry shortly", "rate_limit_error", "queue_full", headers={"Retry-After": "1"})
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body is read by then: what comes next is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
-def _stream_response(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def _reserve(admission: Admission) -> Reservation:
+    place = admission.reserve()
+    if place is None:
+        raise APIError(429, f"server busy: {admission.active} generations running and {admission.queued} "
+                            "waiting; retry shortly", "rate_limit_error", "queue_full", headers={"Retry-After": "1"})
+    return place
 
 
-async def _pieces(prepared: _Prepared, admission: Admission, counter: _Counter) -> AsyncIterator[str]:
+class _EventStream(StreamingResponse):
+    """A Server-Sent Events reply holding a place in the admission: the place is given back if the response
+    ends (client gone, server stopping) before the stream took it."""
+
+    def __init__(self, events: AsyncIterator[str], place: Reservation) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.place = place
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.place.abandon()
+
+
+async def _pieces(prepared: _Prepared, place: Reservation, counter: _Counter) -> AsyncIterator[str]:
     """Pieces of one streamed generation.  Leaving early (client gone) cancels the generation."""
-    if not admission.try_reserve():  # filled up since the handler checked
-        raise _queue_full(admission)
-    await admission.acquire()
-    run = GenerationRun(prepared.entry.generator, prepared.prompt, prepared.params, admission.release).start()
+    await place.acquire()
+    run = GenerationRun(prepared.entry.generator, prepared.prompt, prepared.params, place.admission.release).start()
     try:
         async for piece in run:
             counter.add(piece)
             yield piece
     finally:
         run.cancel()
-
-
-def _check_room(admission: Admission) -> None:
-    if not admission.has_room():
-        raise _queue_full(admission)
 
 
 def _error_event(exc: BaseException) -> str:
@@ -353,21 +458,19 @@ def _error_event(exc: BaseException) -> str:
     return sse(error_body(f"generation failed: {type(exc).__name__}: {exc}", "server_error"))
 
 
-def _chat_events(prepared: _Prepared, body: ChatCompletionRequest, admission: Admission) -> AsyncIterator[str]:
-    _check_room(admission)  # 429 before the response starts
-    return _event_stream(prepared, admission, kind="chat.completion.chunk", id_prefix="chatcmpl", model=body.model,
+def _chat_events(prepared: _Prepared, body: ChatCompletionRequest, place: Reservation) -> AsyncIterator[str]:
+    return _event_stream(prepared, place, kind="chat.completion.chunk", id_prefix="chatcmpl", model=body.model,
                          include_usage=body.include_usage, opening={"delta": {"role": "assistant", "content": ""}},
                          content=lambda piece: {"delta": {"content": piece}}, closing={"delta": {}})
 
 
-def _completion_events(prepared: _Prepared, body: CompletionRequest, admission: Admission) -> AsyncIterator[str]:
-    _check_room(admission)
-    return _event_stream(prepared, admission, kind="text_completion", id_prefix="cmpl", model=body.model,
+def _completion_events(prepared: _Prepared, body: CompletionRequest, place: Reservation) -> AsyncIterator[str]:
+    return _event_stream(prepared, place, kind="text_completion", id_prefix="cmpl", model=body.model,
                          include_usage=body.include_usage, opening={"text": body.prompt_text() if body.echo else ""},
                          content=lambda piece: {"text": piece}, closing={"text": ""})
 
 
-async def _event_stream(prepared: _Prepared, admission: Admission, *, kind: str, id_prefix: str, model: str,
+async def _event_stream(prepared: _Prepared, place: Reservation, *, kind: str, id_prefix: str, model: str,
                         include_usage: bool, opening: dict, content: Callable[[str], dict],
                         closing: dict) -> AsyncIterator[str]:
     """The SSE stream of a chat or text completion: an opening chunk (with the routing when there is one),
@@ -384,7 +487,7 @@ async def _event_stream(prepared: _Prepared, admission: Admission, *, kind: str,
     if prepared.routing is not None:
         first["routing"] = _routing(prepared).model_dump()
     counter = _Counter(prepared.entry)
-    pieces = _pieces(prepared, admission, counter)
+    pieces = _pieces(prepared, place, counter)
     try:
         yield sse(chunk(opening, **first))
         async for piece in pieces:

@@ -2,7 +2,9 @@
 
 Requests accept the fields the official clients send; fields mot cannot honour are rejected with a
 400 that names them rather than silently ignored (``n`` other than 1, ``logprobs``, penalties,
-images).  Unknown extra fields are ignored, as OpenAI-compatible servers commonly do.
+images).  Unknown extra fields are ignored, as OpenAI-compatible servers commonly do.  Text that is not
+valid Unicode -- a lone surrogate such as ``"\ud800"``, which JSON can spell but UTF-8 cannot encode -- is a
+400 naming the field, wherever it is in the body.
 """
 
 from __future__ import annotations
@@ -11,12 +13,37 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from mot.generation import GREEDY_BELOW, GenerationParams
 
 # ----------------------------------------------------------------------------- requests
 
+
+INVALID_UNICODE = "invalid_unicode"
+
+
+def _invalid_text(value: Any, path: str) -> tuple[str, str] | None:
+    """``(where, code point)`` of the first string (key or value) in ``value`` that is not valid Unicode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return path or "body", f"U+{ord(value[exc.start]):04X}"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _invalid_text(key, f"a key of {path or 'the body'}")
+            found = found or _invalid_text(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _invalid_text(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 class TextPart(BaseModel):
@@ -69,6 +96,17 @@ class _SamplingRequest(BaseModel):
     presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="Not supported: must be 0.")
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_only(cls, data: Any) -> Any:
+        found = _invalid_text(data, "")
+        if found:
+            raise PydanticCustomError(INVALID_UNICODE, "{where} holds a lone surrogate ({point}), which is not valid "
+                                      "Unicode text: send the character it was meant to be, or drop it",
+                                      {"where": found[0], "point": found[1],
+                                       "param": None if found[0].startswith("a key of ") else found[0]})
+        return data
 
     @field_validator("stop")
     @classmethod

@@ -1,7 +1,9 @@
 """Generation in worker threads, bounded admission, and Server-Sent Events in the OpenAI chunk format.
 
 ``Admission`` bounds the work: at most ``max_concurrency`` generations run, at most ``max_queue``
-wait; a request beyond that is refused at once (the app answers 429).  A slot is released when the
+wait; a request beyond that is refused at once (the app answers 429).  A request takes its place
+(``reserve()`` -> :class:`Reservation`) before its response starts, so a streamed reply is refused
+with a 429 too, never with an error inside a stream that already said 200.  A slot is released when the
 generation thread has really finished, so a cancelled request never lets more generations run than
 allowed.
 
@@ -46,6 +48,10 @@ class Admission:
         self.queued += 1
         return True
 
+    def reserve(self) -> Reservation | None:
+        """Take a place as a :class:`Reservation`; None when all are taken."""
+        return Reservation(self) if self.try_reserve() else None
+
     async def acquire(self) -> None:
         """Turn a reserved place into a running slot, waiting in FIFO order.  On cancellation the
         place is given back."""
@@ -74,6 +80,28 @@ class Admission:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+class Reservation:
+    """A place taken in an :class:`Admission` for one request.  ``acquire()`` turns it into a running slot
+    (waiting in line; a cancelled wait gives the place back); ``abandon()`` gives it back when the request
+    ends without acquiring (a client gone before its stream began).  ``abandon()`` after ``acquire()`` does
+    nothing: the slot is the generation's to release."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self._open = True
+
+    async def acquire(self) -> None:
+        if not self._open:
+            raise RuntimeError("this place was already used or given back")
+        self._open = False
+        await self.admission.acquire()
+
+    def abandon(self) -> None:
+        if self._open:
+            self._open = False
+            self.admission.queued -= 1
 
 
 class GenerationRun:

@@ -1,9 +1,12 @@
 // mot chat: a dependency-free client of the server's OpenAI-compatible API.
-// Threads, settings and the theme live in localStorage; replies stream over SSE (fetch + ReadableStream).
+// Threads, settings and the theme live in localStorage; the API key lives in sessionStorage only (this tab,
+// until it closes), never in localStorage, where it would stay on disk in plain text. Replies stream over SSE
+// (fetch + ReadableStream).
 "use strict";
 
 (() => {
-  const STORE = { threads: "mot.threads", current: "mot.currentThread", settings: "mot.settings", theme: "mot.theme" };
+  const STORE = { threads: "mot.threads", current: "mot.currentThread", settings: "mot.settings", theme: "mot.theme",
+                  apiKey: "mot.apiKey" };
   const $ = (id) => document.getElementById(id);
   const el = {
     app: $("app"), threads: $("threads"), newThread: $("new-thread"), messages: $("messages"), composer: $("composer"),
@@ -39,12 +42,23 @@
 
   // ---------------------------------------------------------------- settings
   const settingInputs = { temperature: el.temperature, max_tokens: el.maxTokens, top_k: el.topK, top_p: el.topP,
-                          system: el.system, api_key: el.apiKey };
+                          system: el.system };
   const stored = load(STORE.settings, {});
   for (const [key, input] of Object.entries(settingInputs)) {
     if (stored[key] !== undefined) input.value = stored[key];
     input.addEventListener("input", () => { showSettingValues(); saveSettings(); });
   }
+  // The key: for this tab only. A key an older version left in localStorage moves here and is erased there.
+  if (stored.api_key !== undefined) {
+    if (stored.api_key && !sessionStorage.getItem(STORE.apiKey)) sessionStorage.setItem(STORE.apiKey, stored.api_key);
+    delete stored.api_key;
+    save(STORE.settings, stored);
+  }
+  el.apiKey.value = sessionStorage.getItem(STORE.apiKey) || "";
+  el.apiKey.addEventListener("input", () => {
+    if (el.apiKey.value) sessionStorage.setItem(STORE.apiKey, el.apiKey.value);
+    else sessionStorage.removeItem(STORE.apiKey);
+  });
   function saveSettings() {
     const values = {};
     for (const [key, input] of Object.entries(settingInputs)) values[key] = input.value;
