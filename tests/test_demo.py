@@ -153,3 +153,28 @@ def test_cli_bad_budget_is_a_one_line_usage_error():
     result = CliRunner().invoke(app, ["--budget-minutes", "-1"])
     assert isinstance(result.exception, UsageError)
     assert "budget_minutes" in str(result.exception) and "\n" not in str(result.exception)
+
+
+def test_capacity_control_row_sits_beside_mot_with_the_same_steps(finished_demo):
+    settings, results = finished_demo
+    control = results["control"]
+    assert control["kind"] == "control" and control["label"] == "capacity control"
+    assert set(control["per_domain"]) == set(DOMAINS) and control["overall"]["nats_per_byte"] > 0
+    # trained exactly as long as MoT, never capped by the budget
+    assert results["control_training"]["steps"] == results["training"]["steps"]
+    assert results["verdict"][0].startswith("MoT ") and "capacity control" in results["verdict"][0]
+    # the tiny budget capped MoT's fixed steps, and the report says so
+    assert results["training"]["capped"] is True
+    assert results["training"]["fixed_steps"] == settings.max_steps > results["training"]["steps"]
+    report = (Path(settings.output_dir) / "report.md").read_text()
+    assert "| capacity control |" in report and "time budget (a cap" in report
+    rows = report.split("| MoT |")[1]
+    assert "| capacity control |" in rows  # the control's row follows MoT's
+    assert all(s["control_primary"] in range(len(settings.experts)) for s in results["test_samples"])
+
+
+def test_fixed_steps_run_in_full_when_the_budget_allows(tiny_experts, tmp_path):
+    settings = _settings(tiny_experts, tmp_path / "demo", budget_minutes=30.0, max_epochs=1.0, min_steps=2)
+    results = run_demo(settings)
+    assert results["training"]["steps"] == settings.max_steps == results["control_training"]["steps"]
+    assert results["training"]["capped"] is False and "fixed step count" in results["training"]["stopped"]

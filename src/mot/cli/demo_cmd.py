@@ -9,8 +9,9 @@ import typer
 
 def demo(
     budget_minutes: float | None = typer.Option(
-        None, "--budget-minutes", help="Wall-clock budget after the expert pool is ready (default 2.5); training "
-                                       "stops when what is left is what the evaluation needs."),
+        None, "--budget-minutes", help="A cap on wall-clock time after the expert pool is ready (default 15): "
+                                       "training runs its fixed steps unless what is left is what the evaluation "
+                                       "needs; the report says when the cap stopped it."),
     experts: str | None = typer.Option(
         None, "--experts", help="Comma-separated expert specs (default: smollm2-135m,qwen2.5-coder-0.5b,"
                                 "gemma-3-270m); packaged names, local directories, .gguf files or hub ids."),

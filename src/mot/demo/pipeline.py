@@ -137,7 +137,7 @@ def _method(label: str, kind: str, samples: Sequence[Any], nll: Sequence[float],
             "overall": _summary(nll, tokens, nbytes)}
 
 
-def _verdict(methods: list[dict[str, Any]]) -> list[str]:
+def _verdict(methods: list[dict[str, Any]], control: dict[str, Any] | None = None) -> list[str]:
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         by_kind.setdefault(m["kind"], []).append(m)
@@ -150,7 +150,12 @@ def _verdict(methods: list[dict[str, Any]]) -> list[str]:
     def rel(a: float, b: float) -> str:
         return f"{(a - b) / b:+.1%}"
 
-    return [
+    lines = [] if control is None else [
+        f"MoT {mot:.3f} vs its capacity control (same MoT, peers = copies of the primary) "
+        f"{control['overall']['nats_per_byte']:.3f}: "
+        + ("MoT is lower" if mot < control["overall"]["nats_per_byte"] else "MoT is NOT lower")
+        + f" ({rel(mot, control['overall']['nats_per_byte'])}; what collaboration adds)"]
+    return lines + [
         f"MoT {mot:.3f} vs best single expert ({best_expert['label']}) {be:.3f}: "
         + ("MoT is lower" if mot < be else "MoT is NOT lower") + f" ({rel(mot, be)})",
         f"MoT vs learned routing alone {routing:.3f}: " + ("MoT is lower" if mot < routing else "MoT is NOT lower")
@@ -268,6 +273,10 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     reserve = per_state * (1.5 * len(task.test) + 15 * len(DOMAINS))  # MoT on test + generations
     training = _train(settings, model, cache, task, train_nll, out, deadline - reserve, console)
     lap("train", t)
+    t = time.monotonic()
+    control, control_training = _train_control(settings, model, cache, task, train_nll, out, training["steps"],
+                                               console)
+    lap("train control", t)
 
     # 6. evaluate ----------------------------------------------------------------------------------
     t = time.monotonic()
@@ -276,6 +285,9 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     mot_task = _route_task_class()(model, {}, 0.0, peer_cache=cache)
     with _stage(console, "evaluate MoT on test", len(task.test)) as advance:
         m_nll, m_tok, m_primary = mot_nll(mot_task, task.test, settings.batch_size, advance)
+    control_task = _route_task_class()(control, {}, 0.0, peer_cache=PeerStateCache(out / "peer_cache", control))
+    with _stage(console, "evaluate control", len(task.test)) as advance:
+        c_nll, c_tok, c_primary = mot_nll(control_task, task.test, settings.batch_size, advance)
     lap("evaluate", t)
     names = model.expert_specs
     methods = [_method(f"{name} alone", "expert", task.test, [row[e] for row in test_nll],
@@ -288,6 +300,8 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
                            [test_tok[i][e] for i, e in enumerate(oracle)], "best per sample"))
     methods.append(_method("MoT", "mot", task.test, m_nll, m_tok,
                            f"router top-{settings.top_k} + interaction"))
+    control_row = _method("capacity control", "control", task.test, c_nll, c_tok,
+                          f"router top-{settings.top_k}, peers = copies of the primary")
     routing = _routing_metrics(task, train_nll, router_primary, oracle, model.num_experts)
 
     # 7. generations -------------------------------------------------------------------------------
@@ -300,14 +314,16 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
         "command_args": _command_args(settings), "settings": settings.model_dump(mode="json"),
         "expert_names": list(names), "domains": list(DOMAINS),
         "sizes": {"train": len(task.train), "test": len(task.test)},
-        "methods": methods, "routing": routing, "training": training, "generations": generations,
-        "verdict": _verdict(methods), "timing": timing, "cpu_timing": cpu_timing,
+        "methods": methods, "control": control_row, "control_training": control_training,
+        "routing": routing, "training": training, "generations": generations,
+        "verdict": _verdict(methods, control_row), "timing": timing, "cpu_timing": cpu_timing,
         "budget_seconds": settings.budget_minutes * 60, "within_budget": time.monotonic() <= deadline,
         "wall_seconds": time.monotonic() - wall0, "cpu_seconds": _cpu_seconds() - cpu0,
         "cpu_count": os.cpu_count(),
         "test_samples": [{"domain": s.domain, "source": s.source, "target_bytes": len(s.target.encode("utf-8")),
                           "expert_nll": test_nll[i], "expert_tokens": test_tok[i], "router_primary": router_primary[i],
-                          "mot_nll": m_nll[i], "mot_tokens": m_tok[i], "mot_primary": m_primary[i]}
+                          "mot_nll": m_nll[i], "mot_tokens": m_tok[i], "mot_primary": m_primary[i],
+                          "control_nll": c_nll[i], "control_tokens": c_tok[i], "control_primary": c_primary[i]}
                          for i, s in enumerate(task.test)],
     }
     _write_json(out / RESULTS_FILE, results)
@@ -428,11 +444,54 @@ def _train(settings: DemoSettings, model: Any, cache: Any, task: Any, train_nll:
     losses = [r["loss"] for r in read_metrics(run_dir) if r.get("loss") is not None]
     done = {"steps": result.step, "seconds": plan.get("spent_seconds", 0.0),
             "allowance_seconds": plan["allowance_seconds"],
-            "stopped": "time budget" if budget.stopped_by_budget else "step cap (max_epochs)",
+            "stopped": (f"the time budget (a cap: {result.step} of {config.max_steps} steps ran)"
+                        if budget.stopped_by_budget else f"its fixed step count ({config.max_steps})"),
+            "capped": budget.stopped_by_budget, "fixed_steps": config.max_steps,
             "checkpoint": str(result.last_checkpoint), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "router_fit_loss": router_fit_loss}
     _write_json(run_dir / "done.json", done)
     return done
+
+
+def _train_control(settings: DemoSettings, model: Any, cache: Any, task: Any, train_nll: list[list[float]],
+                   out: Path, steps: int, console: Any) -> tuple[Any, dict[str, Any]]:
+    """The capacity control: the same MoT (config, seed, router warm start, data, objective) whose peers are
+    copies of the primary (``peers="self"``), trained exactly ``steps`` steps (as many as MoT ran); no time
+    cap, so MoT and its control always differ in the peers only."""
+    import shutil
+
+    from mot.thoughts import MixtureOfThoughts, MoTConfig
+    from mot.thoughts.data import PairDataset, TextPair, sample_key
+    from mot.thoughts.peer_cache import PeerStateCache
+    from mot.training import Trainer, TrainingConfig
+    from mot.training import checkpoint as ckpt
+
+    control = MixtureOfThoughts([a.model for a in model.adapters], [a.tokenizer for a in model.adapters],
+                                MoTConfig(**{**settings.mot_config(), "peers": "self"}),
+                                expert_specs=list(model.expert_specs), encoder=model.encoder, seed=settings.seed)
+    run_dir = out / "train_control"
+    done = _read_json(run_dir / "done.json")
+    if done is not None and done["steps"] == steps:
+        control.load_trainable_state_dict(ckpt.load_checkpoint(Path(done["checkpoint"])).weights)
+        return control, done
+    if run_dir.exists():  # trained for another step count (MoT trained on with a larger budget): start over
+        shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    control_cache = PeerStateCache(out / "peer_cache", control)
+    best = [min(range(model.num_experts), key=lambda e, row=row: row[e]) for row in train_nll]
+    best_by_key = {sample_key(s.prompt, s.target): b for s, b in zip(task.train, best, strict=True)}
+    features = cached_features(control, control_cache, [s.prompt for s in task.train])
+    router_fit_loss = fit_router(control, features, torch.tensor(best), seed=settings.seed)
+    config = TrainingConfig(**{**settings.training_config(), "max_steps": steps})
+    train_task = _route_task_class()(control, best_by_key, settings.route_weight, peer_cache=control_cache)
+    pairs = [TextPair(s.prompt, s.target, f"{s.domain}:{s.source}") for s in task.train]
+    console.print(f"training the capacity control (peers = copies of the primary) for {steps} steps")
+    start = time.monotonic()
+    result = Trainer(train_task, config, PairDataset(pairs), None, run_dir=run_dir).fit(resume="auto")
+    done = {"steps": result.step, "seconds": time.monotonic() - start, "checkpoint": str(result.last_checkpoint),
+            "router_fit_loss": router_fit_loss}
+    _write_json(run_dir / "done.json", done)
+    return control, done
 
 
 def _routing_metrics(task: Any, train_nll: list[list[float]], primary: list[int], oracle: list[int],

@@ -10,8 +10,11 @@ UNIT = "nats per target byte"
 
 
 def method_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``(label, metrics)`` in table order: experts alone, routing alone, oracle, MoT."""
-    return [(m["label"], m) for m in results["methods"]]
+    """``(label, metrics)`` in table order: experts alone, routing alone, oracle, MoT, its capacity control."""
+    rows = [(m["label"], m) for m in results["methods"]]
+    if results.get("control"):
+        rows.append((results["control"]["label"], results["control"]))
+    return rows
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -155,7 +158,10 @@ def write_markdown(results: dict[str, Any], path: Path, plots: dict[str, str | N
     lines += ["Rows: each expert alone; *learned routing alone* = the trained router's top-1 expert with no "
               "interaction; *oracle routing* = the best expert per test sample (chosen with the answer, an "
               "upper bound for any router); *MoT* = the trained router, its top-k experts and the interaction "
-              "layers.", ""]
+              "layers; *capacity control* = the same MoT (same router, interaction layers, trainable size, "
+              "steps and data) whose peers are copies of the primary: MoT minus the control is what "
+              "collaboration adds, MoT minus the experts also counts what training the interaction layers "
+              "adapts.", ""]
     lines += ["## Routing", ""]
     lines += ["Routing accuracy = share of test samples whose primary expert is their domain's best expert, "
               "where a domain's best expert is the one with the lowest mean training loss on that domain.", ""]
@@ -168,6 +174,9 @@ def write_markdown(results: dict[str, Any], path: Path, plots: dict[str, str | N
     lines += ["## Training", ""]
     lines += [f"- {t['steps']} optimizer steps (batch {s['batch_size']}, lr {s['learning_rate']}) in "
               f"{t['seconds']:.0f} s; stopped by {t['stopped']}",
+              *([f"- capacity control: {results['control_training']['steps']} steps in "
+                 f"{results['control_training']['seconds']:.0f} s (as many as MoT; never capped)"]
+                if results.get("control_training") else []),
               f"- train loss (token CE + router terms): first {_fmt(t.get('first_loss'))}, last "
               f"{_fmt(t.get('last_loss'))}",
               f"- router warm start: cross-entropy towards each training sample's best expert "

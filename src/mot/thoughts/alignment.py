@@ -5,24 +5,33 @@ Every expert tokenises the raw text itself.  A sample is a ``prompt`` and an opt
 the completion without) and concatenated, so training sees the same token boundary at the end of
 the prompt that generation does.  Character offsets are absolute positions in ``prompt + completion``.
 
-Which peer tokens may a primary token attend to?  A primary token ``i`` has *seen* the text up to
-its **known end** ``e_i`` (the end of the last character its tokens complete; see ``known_ends``).
-A peer token ``j`` carries information about the text up to its own end ``end_j``.  The peer token
-is visible to ``i`` when ``end_j <= limit_i`` where the **visibility limit** is
+Which peer states may a primary token read?  A primary token ``i`` has *seen* the text up to its
+**known end** ``e_i`` (the end of the last character its tokens complete; see ``known_ends``).  Each
+rule gives it a **visibility limit** ``limit_i <= e_i``:
 
-* ``"span"``: ``limit_i = e_i`` -- the plain character-offset causal rule;
-* ``"stable"`` (default): ``limit_i`` = the start of the peer's last pre-token in ``text[:e_i]``.
-  A BPE tokenizer tokenises each pre-token independently, so peer tokens ending at or before that
-  point are the same whatever text follows: the visible peer states are a function of
-  ``text[:e_i]`` alone.  Under ``"span"`` a peer's merges inside the last, unfinished word may
-  depend on characters after ``e_i`` (``"ab|c"`` -> ``a + bc`` but ``"ab|d"`` -> ``ab + d``).
+* ``"stable"`` (default): ``limit_i`` = the start of the peer's last pre-token in ``text[:e_i]`` (the
+  pre-tokenizer run on the raw text; about one word behind).  Primary token ``i`` reads exactly the
+  peer's states on **the peer's own tokenisation of** ``text[:limit_i]`` (``cut_token_ids``) -- whatever
+  its normaliser, pre-tokenizer and merges do.  Those are a function of ``text[:e_i]`` alone, so no
+  later character can reach the primary (no leakage, by construction), and they are what full decoding
+  computes when it feeds the peer the text seen so far.  Almost always that tokenisation is a prefix of
+  the peer's tokenisation of the whole text, whose states one pass computes; where a merge, a
+  normaliser (NFC) or a ``▁`` replacement crosses the cut, it is not, and the peer's states for the cut
+  text's differing tail are computed separately (a *branch*; ``plan_cuts``).
+* ``"exact"``: as ``"stable"`` with ``limit_i = e_i``: no lag, but more cut texts tokenise differently
+  from the whole text (a word cut in its middle), so more branch states to compute.
+* ``"span"``: the literal character rule: every peer token of the whole text's tokenisation that ends
+  at or before ``e_i``.  A peer's merges inside the unfinished last word may depend on later
+  characters (``"ab|c"`` -> ``a + bc`` but ``"ab|d"`` -> ``ab + d``): it leaks, and full decoding (which
+  cannot know later text) then differs from the teacher-forced forward.  Kept for comparison.
 
-Both rules are functions of ``text[:e_i]`` only, which is what lets cached generation match a
-recompute from scratch token for token (``mot.thoughts.generation``).
+Both limits are functions of ``text[:e_i]`` and of the primary's earlier known ends, queried in token
+order identically by training, generation and the from-scratch reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,8 +140,8 @@ class VisibilityRule:
     """
 
     def __init__(self, tokenizer: Any, prompt: str, mode: str = "stable") -> None:
-        if mode not in ("stable", "span"):
-            raise ValueError(f"peer visibility must be 'stable' or 'span', got {mode!r}")
+        if mode not in ("stable", "exact", "span"):
+            raise ValueError(f"peer visibility must be 'stable', 'exact' or 'span', got {mode!r}")
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.mode = mode
@@ -142,7 +151,7 @@ class VisibilityRule:
 
     def limit(self, known_end: int, completion: str) -> int:
         """Limit for a primary token that has seen ``(prompt + completion)[:known_end]``."""
-        if self.mode == "span":
+        if self.mode in ("span", "exact"):  # "exact": the cut text's own tokenisation, no lag
             return known_end
         prompt_len = len(self.prompt)
         if known_end < prompt_len:
@@ -162,6 +171,63 @@ class VisibilityRule:
         values = [self.limit(int(e), completion) for e in ends.tolist()]
         out = torch.tensor(values, dtype=torch.long)
         return torch.cummax(out, dim=0).values if len(values) else out
+
+
+def cut_token_ids(tokenizer: Any, prompt: str, completion: str, cuts: Sequence[int]) -> list[list[int]]:
+    """The peer's token ids of ``(prompt + completion)[:cut]`` for each cut, tokenised as ``encode_pair``
+    tokenises a sample: a cut inside the prompt is a shorter prompt (with special tokens); a cut at or
+    after its end is the whole prompt followed by the completion's first ``cut - len(prompt)``
+    characters.  One batched tokenizer call per region."""
+    prompt_len = len(prompt)
+    out: list[list[int] | None] = [None] * len(cuts)
+    inside = [(n, c) for n, c in enumerate(cuts) if c < prompt_len]
+    after = [(n, c) for n, c in enumerate(cuts) if c >= prompt_len]
+    if inside:
+        rows = tokenizer([prompt[:c] for _, c in inside], add_special_tokens=True)["input_ids"]
+        for (n, _), row in zip(inside, rows, strict=True):
+            out[n] = list(row)
+    if after:
+        head = encode_pair(tokenizer, prompt).input_ids.tolist()
+        tails = [completion[:c - prompt_len] for _, c in after]
+        nonempty = [t for t in tails if t]
+        rows = iter(tokenizer(nonempty, add_special_tokens=False)["input_ids"] if nonempty else [])
+        for (n, _), tail in zip(after, tails, strict=True):
+            out[n] = head + (list(next(rows)) if tail else [])
+    return out  # type: ignore[return-value]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = min(len(a), len(b))
+    k = 0
+    while k < n and a[k] == b[k]:
+        k += 1
+    return k
+
+
+@dataclass
+class CutPlan:
+    """Which peer states each primary token reads, relative to the peer's tokenisation ``F`` of the
+    whole text.  Token ``i`` reads ``F[:prefix[i]]`` and, when ``branch[i] >= 0``, the tail
+    ``branches[branch[i]][1]`` that the peer's tokenisation of its cut text puts after that prefix."""
+
+    prefix: list[int]
+    branch: list[int]
+    branches: list[tuple[int, tuple[int, ...]]]  # (prefix length in F, tail ids), each once
+
+
+def plan_cuts(full_ids: Sequence[int], tokenised: Sequence[Sequence[int]]) -> CutPlan:
+    """Compare each cut's tokenisation with ``full_ids``: a prefix of it, or a branch off it."""
+    prefix, branch, index = [], [], {}
+    for ids in tokenised:
+        k = common_prefix(full_ids, ids)
+        prefix.append(k)
+        if k == len(ids):
+            branch.append(-1)
+            continue
+        key = (k, tuple(int(t) for t in ids[k:]))
+        branch.append(index.setdefault(key, len(index)))
+    return CutPlan(prefix, branch, list(index))
 
 
 def visibility_mask(limits: torch.Tensor, ends: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -43,13 +43,42 @@ class MoTConfig(ConfigModel):
     encoder: str = Field(DEFAULT_ENCODER, min_length=1,
                          description="sentence-transformers model name or local path for router features")
     max_prompt_chars: int = Field(4096, ge=1, description="router features read at most this many prompt characters")
-    peer_visibility: Literal["stable", "span"] = Field(
+    peer_visibility: Literal["stable", "exact", "span"] = Field(
         "stable",
         description="which peer tokens a primary token may attend to. 'stable': only peer tokens whose "
                     "tokenisation can no longer change given the text the primary token has seen (strictly "
                     "no leakage, whatever the tokenizers); 'span': every peer token whose character span ends "
                     "at or before the primary token's (peers' BPE merges may depend on later characters "
-                    "inside the last word)")
+                    "inside the last word); 'exact': like 'stable' (the peer's own tokenisation of the cut "
+                    "text, so no leakage) but cut at the primary token's known end itself, without the one "
+                    "pre-token lag (more cut texts differ from the whole text's tokenisation: more branch "
+                    "states to compute)")
+
+    peers: Literal["routed", "self"] = Field(
+        "routed",
+        description="whose states fill the peer slots. 'routed': the router's top-k peers (Mixture of Thoughts); "
+                    "'self': the capacity control -- every peer slot holds a copy of the primary (its own frozen "
+                    "states, read through the primary's projection), with the same router, interaction layers, "
+                    "trainable size and training; MoT minus this control is what collaboration adds")
+
+    interaction_scale: Literal["keys_values", "values", "none"] = Field(
+        "keys_values",
+        description="how a peer's routing weight scales what it exposes: its keys and values (upstream; the key "
+                    "scale also changes the attention temperature), its values only, or nothing (then the LM "
+                    "loss does not reach the router through the peers)")
+    peer_stack: Literal["same", "last"] = Field(
+        "same", description="which peer states the primary's interaction after stack q reads: the peer's states "
+                            "after its stack q ('same'), or after its last stack ('last': its most processed view)")
+    peer_readout: Literal["hidden", "prediction"] = Field(
+        "hidden", description="what a peer exposes: its hidden states, or its next-token prediction as a vector "
+                              "(the logit lens: softmax(final norm + LM head) times the LM head's rows)")
+    interaction_position: Literal["none", "recency"] = Field(
+        "none", description="position information of the interaction attention: none (content only, upstream), "
+                            "or 'recency': a learned per-head bias -slope*log(1+d), d = how many of the peer tokens "
+                            "a primary token may read come after the one attended to (0: the latest visible), so a "
+                            "head can read the peer tokens about the text it is at")
+    gate_init: float = Field(0.0, description="initial value of every interaction gate; 0: an untrained MoT is "
+                                              "exactly its primary expert")
 
     @model_validator(mode="after")
     def _check_router(self) -> MoTConfig:

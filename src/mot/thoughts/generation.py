@@ -29,7 +29,9 @@ from mot.errors import UsageError
 from mot.generation import GenerationParams, Message, Piece, generate_in_thread
 from mot.thoughts.alignment import (
     VisibilityRule,
+    common_prefix,
     complete_text,
+    cut_token_ids,
     encode_pair,
     known_ends,
     last_pretoken_start,
@@ -119,6 +121,7 @@ class _Peer:
     keys: list[torch.Tensor] = field(default_factory=list)  # per stack [1, heads, T, d]
     values: list[torch.Tensor] = field(default_factory=list)
     anchor: int = 0  # character position: every token ending at or before it is final
+    synced: int = -1  # "stable": the cut whose tokenisation ``ids`` is (the peer's cache holds exactly it)
 
 
 @dataclass
@@ -155,19 +158,25 @@ class FullDecoder:
         self._context = self.ids[-1:]
 
     # peers --------------------------------------------------------------------------------------
-    def _feed_peer(self, peer: _Peer, ids: list[int]) -> None:
+    def _feed_peer(self, peer: _Peer, ids: list[int]) -> list[torch.Tensor]:
+        """Feed ``ids`` to the peer's cache, append their interaction keys/values; per-stack states."""
         adapter = self.model.adapters[peer.expert]
         chunk = torch.tensor([ids], dtype=torch.long, device=adapter.device)
         hidden = adapter.embed(chunk, None, peer.state)
-        for q, (start, stop) in enumerate(self.model.stacks[peer.expert]):
+        per_stack = []
+        for start, stop in self.model.stacks[peer.expert]:
             hidden = adapter.run_layers(hidden, start, stop, peer.state)
-            k, v = self.model.interactions[q].peer_keys_values(peer.expert, hidden, peer.weight.reshape(1))
+            per_stack.append(hidden[0])
+        for q in range(len(per_stack)):
+            exposed = self.model.peer_input(q, peer.expert, per_stack, adapter.device)
+            k, v = self.model.interactions[q].peer_keys_values(peer.expert, exposed, peer.weight.reshape(1))
             if len(peer.keys) <= q:
                 peer.keys.append(k)
                 peer.values.append(v)
             else:
                 peer.keys[q] = torch.cat([peer.keys[q], k], dim=2)
                 peer.values[q] = torch.cat([peer.values[q], v], dim=2)
+        return per_stack
 
     def _crop_peer(self, peer: _Peer, length: int) -> None:
         self.model.adapters[peer.expert].crop(peer.state, length)
@@ -210,21 +219,26 @@ class FullDecoder:
         return changed
 
     # primary ------------------------------------------------------------------------------------
-    def _feed_primary(self, start: int) -> torch.Tensor:
-        """(Re)feed primary tokens ``start..`` and return the next-token logits ``[V]``."""
+    def _feed_primary(self, start: int, masks: list[torch.Tensor] | None = None,
+                      bank: list[tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None) -> torch.Tensor:
+        """(Re)feed primary tokens ``start..`` and return the next-token logits ``[V]``.  ``masks[i]``
+        ``[T, Tk_i]``: which of peer ``i``'s keys each fed token reads (default: the ``span`` rule over
+        the peer's cache); ``bank[i]``: per-stack keys and values to read instead of the cache's."""
         model, adapter = self.model, self.adapter
         if start < self.fed:
             adapter.crop(self.state, start)
             self.stats.primary_refeeds += 1
         chunk = torch.tensor([self.ids[start:]], dtype=torch.long, device=adapter.device)
-        masks = [visibility_mask(torch.tensor(self.limits[i][start:]), torch.tensor(peer.ends, dtype=torch.long))
-                 for i, peer in enumerate(self.peers)]
+        if masks is None:
+            masks = [visibility_mask(torch.tensor(self.limits[i][start:]), torch.tensor(peer.ends, dtype=torch.long))
+                     for i, peer in enumerate(self.peers)]
         allowed = (torch.cat(masks, dim=-1) if masks else torch.zeros(chunk.shape[1], 0, dtype=torch.bool))
         allowed = allowed.unsqueeze(0).to(adapter.device)
+        banks = bank if bank is not None else [(p.keys, p.values) for p in self.peers]
 
         def peer_kv(q: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return (torch.cat([p.keys[q] for p in self.peers], dim=2),
-                    torch.cat([p.values[q] for p in self.peers], dim=2))
+            return (torch.cat([keys[q] for keys, _ in banks], dim=2),
+                    torch.cat([values[q] for _, values in banks], dim=2))
 
         hidden = model._walk_primary(self.primary, self.state, chunk, None, peer_kv, allowed)
         self.fed = len(self.ids)
@@ -237,8 +251,14 @@ class FullDecoder:
                 value = peer.rule.limit(e, self.text)
                 values.append(max(value, values[-1]) if values else value)
 
+    @property
+    def exact(self) -> bool:
+        """``"stable"`` visibility: each primary token reads the peer's tokenisation of its cut text."""
+        return self.model.config.peer_visibility != "span"
+
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
+        masks, bank = [], []
         for peer in self.peers:
             adapter = self.model.adapters[peer.expert]
             tokens = encode_pair(adapter.tokenizer, self.prompt)
@@ -246,10 +266,45 @@ class FullDecoder:
             peer.ids = tokens.input_ids.tolist()
             peer.ends = torch.cummax(tokens.char_end, 0).values.tolist() if len(tokens) else []
             peer.anchor = len(self.prompt)  # the prompt is tokenised on its own: all of it is final
-            if peer.ids:
-                self._feed_peer(peer, peer.ids)
+            peer.synced = len(self.prompt)
+            per_stack = self._feed_peer(peer, peer.ids) if peer.ids else []
+            if self.exact and peer.ids:
+                # the prompt's tokens read the peer's tokenisations of their cut prompts, as in the forward
+                from mot.thoughts.model import PeerStates
+
+                states = PeerStates(peer.expert, tokens, torch.tensor(peer.ends, dtype=torch.long), per_stack)
+                view = self.model.peer_views(self.prompt, "", torch.tensor(self.known, dtype=torch.long),
+                                             [(peer.expert, peer.weight, states)])[0]
+                keys, values = [], []
+                for q in range(len(per_stack)):
+                    exposed = self.model.peer_input(q, peer.expert, view.hidden, adapter.device)
+                    k, v = self.model.interactions[q].peer_keys_values(peer.expert, exposed, peer.weight.reshape(1))
+                    keys.append(k)
+                    values.append(v)
+                masks.append(view.visible)
+                bank.append((keys, values))
+            elif not peer.ids:
+                raise UsageError(f"expert {self.model.expert_specs[peer.expert]!r} tokenises the prompt to no "
+                                 "tokens (empty prompt?); give a non-empty prompt")
         self._limits_for(self.known)
-        return self._feed_primary(0)
+        return self._feed_primary(0, masks, bank) if self.exact else self._feed_primary(0)
+
+    def _sync_peer(self, peer: _Peer, cut: int) -> None:
+        """``"stable"``: make the peer's cache hold its tokenisation of ``(prompt + text)[:cut]`` (crop
+        back to the common prefix, feed the rest)."""
+        if cut == peer.synced:
+            return
+        tokenizer = self.model.adapters[peer.expert].tokenizer
+        ids = cut_token_ids(tokenizer, self.prompt, self.text, [cut])[0]
+        self.stats.tail_retokenisations += 1
+        keep = common_prefix(peer.ids, ids)
+        if keep < len(peer.ids):
+            self.stats.peer_rollbacks += 1
+            self._crop_peer(peer, keep)
+        if len(ids) > keep:
+            self._feed_peer(peer, ids[keep:])
+        peer.ids = list(ids)
+        peer.synced = cut
 
     def accept(self, token: int) -> None:
         """Append a sampled primary token (updates the completed text); no forward yet."""
@@ -262,6 +317,14 @@ class FullDecoder:
     @torch.no_grad()
     def advance(self) -> torch.Tensor:
         """Advance the peers over the new text, then the primary; next-token logits ``[V]``."""
+        if self.exact:
+            # the new primary token reads each peer's tokenisation of the text up to its limit, all of
+            # it; tokens fed before keep what they read (no primary re-feed is ever needed)
+            for i, peer in enumerate(self.peers):
+                self._sync_peer(peer, self.limits[i][-1])
+            new = len(self.ids) - self.fed
+            masks = [torch.ones(new, len(peer.ids), dtype=torch.bool) for peer in self.peers]
+            return self._feed_primary(self.fed, masks)
         full_text = self.prompt + self.text
         start = self.fed
         for i in range(len(self.peers)):
@@ -497,7 +560,8 @@ class GenerationMixin:
             decision = self.route(prompts)
             if mode == "fast":
                 return generate_fast(self, prompts, params, decision.primary.tolist())
-            return ["".join(stream_full(self, p, params, decision.indices[b].tolist(), decision.weights[b], stats))
+            return ["".join(stream_full(self, p, params, self.slot_experts(decision.indices[b].tolist()),
+                                        decision.weights[b], stats))
                     for b, p in enumerate(prompts)]
 
     def stream(self, prompt: str, params: GenerationParams | None = None, mode: str = "fast") -> Iterator[str]:
@@ -511,7 +575,8 @@ class GenerationMixin:
             if mode == "fast":
                 yield from stream_fast(self, prompt, params, int(decision.primary[0]))
             else:
-                yield from stream_full(self, prompt, params, decision.indices[0].tolist(), decision.weights[0])
+                yield from stream_full(self, prompt, params, self.slot_experts(decision.indices[0].tolist()),
+                                       decision.weights[0])
 
     def translate(self, source_text: str, prompt_template: str = "### Translate C++ to CUDA:\n{source}\n### CUDA:\n",
                   max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,

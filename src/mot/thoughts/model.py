@@ -27,9 +27,11 @@ from mot.routing import RoutingDecision, build_router, entropy_loss, load_balanc
 from mot.thoughts.alignment import (
     TokenSpans,
     VisibilityRule,
+    cut_token_ids,
     encode_pair,
     known_ends,
     peer_ends,
+    plan_cuts,
     visibility_mask,
 )
 from mot.thoughts.config import MoTConfig
@@ -51,6 +53,9 @@ class PeerStates:
     tokens: TokenSpans
     ends: torch.Tensor  # [T] how far into the text each token's state reaches
     hidden: list[torch.Tensor]  # num_stacks x [T, H_expert]
+    # states of the cut texts whose tokenisation is not a prefix of ``tokens`` (``peer_visibility="stable"``):
+    # (prefix length, tail ids) -> num_stacks x [len(tail), H_expert]; filled as primaries need them
+    branches: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,10 +63,9 @@ class PeerView:
     """A peer's states as one primary sample sees them (internal)."""
 
     expert: int
-    ends: torch.Tensor  # [Tk]
-    limits: torch.Tensor  # [Tp] visibility limit of each primary token for this peer
+    visible: torch.Tensor  # [Tp, Tk] bool: which of the Tk states each primary token reads
     weight: torch.Tensor  # scalar routing weight (differentiable)
-    hidden: list[torch.Tensor]  # per stack [Tk, H]
+    hidden: list[torch.Tensor]  # per stack [Tk, H]: the whole text's states, then any branch tails
 
 
 @dataclass
@@ -83,6 +87,14 @@ class MoTOutput:
     # weighted sum of aux_losses (``balance``, ``entropy``; config weights).  The consistency term needs
     # two routing passes: see ``training_loss`` / ``mot.thoughts.training.mot_objective``.
     aux_loss: torch.Tensor = field(default=None)
+
+
+def peer_distance(visible: torch.Tensor) -> torch.Tensor:
+    """``[Tp, Tk]`` how many of the peer tokens a primary token reads come after each one (0: the latest it
+    reads), from its visibility ``visible [Tp, Tk]`` whose columns are in text order for every row: the
+    interaction's ``recency`` position (a function of what the row may read, so it leaks nothing)."""
+    seen = visible.long()
+    return seen.flip(-1).cumsum(-1).flip(-1) - seen
 
 
 def split_layers(num_layers: int, num_stacks: int) -> list[tuple[int, int]]:
@@ -203,7 +215,9 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
             self.router = build_router(config.router_type, self.encoder.dim, num_experts, config.top_k,
                                        **_router_options(config))
             self.interactions = nn.ModuleList(
-                InteractionLayer(self.hidden_sizes, self.shared_dim, config.interaction_heads, config.dropout)
+                InteractionLayer(self.hidden_sizes, self.shared_dim, config.interaction_heads, config.dropout,
+                                 scale=config.interaction_scale, gate_init=config.gate_init,
+                                 position=config.interaction_position)
                 for _ in range(config.num_stacks))
         device = self.adapters[0].device
         self.router.to(device)
@@ -278,6 +292,31 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
         return self.router(self.features(prompts) if features is None else features)
 
     # -- peers ---------------------------------------------------------------------------------
+    def peer_experts(self, active: Sequence[int]) -> list[int]:
+        """The experts whose states fill the peer slots of a sample routed to ``active`` (primary first):
+        the routed peers, or with ``config.peers == "self"`` (the capacity control) the primary in every
+        slot.  Slot ``k`` keeps the routing weight of ``active[k + 1]``."""
+        active = [int(e) for e in active]
+        if self.config.peers == "self":
+            return [active[0]] * (len(active) - 1)
+        return active[1:]
+
+    def slot_experts(self, active: Sequence[int]) -> list[int]:
+        """``active`` (primary first) with its peer slots filled as ``peer_experts`` says."""
+        return [int(active[0]), *self.peer_experts(active)]
+
+    def peer_input(self, q: int, expert: int, hidden: Sequence[torch.Tensor], device: Any = None) -> torch.Tensor:
+        """What peer ``expert`` exposes to the interaction after the primary's stack ``q``, ``[1, T, H_e]``,
+        from its per-stack states ``hidden`` (``config.peer_stack``, ``config.peer_readout``)."""
+        h = hidden[-1] if self.config.peer_stack == "last" else hidden[q]
+        h = h.to(device or self.device).unsqueeze(0)
+        if self.config.peer_readout == "prediction":
+            adapter = self.adapters[expert]
+            with torch.no_grad():
+                probs = torch.softmax(adapter.logits(h).float(), dim=-1)
+                h = (probs @ adapter.model.get_output_embeddings().weight.float()).to(h.dtype)
+        return h
+
     def compute_peer_states(self, expert: int, prompts: Sequence[str],
                             completions: Sequence[str] | None = None) -> list[PeerStates]:
         """Frozen per-stack states of ``expert`` on each ``prompt + completion`` (batched, no grad)."""
@@ -301,13 +340,18 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
     def _walk_primary(self, primary: int, state, ids: torch.Tensor, mask: torch.Tensor | None,
                       peer_kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                       allowed: torch.Tensor,
-                      first_stack: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                      first_stack: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      distance: torch.Tensor | None = None) -> torch.Tensor:
         """Embed a chunk of primary tokens and walk every stack with interaction -> hidden ``[B, T, H]``.
 
         ``first_stack``: maps the embeddings to the states after the first stack (precomputed: they
         depend on the input only), which then is not run; the later stacks' layers do not read its
         KV cache, so a full-sequence pass is unchanged (the cache is unusable for decoding after)."""
         adapter = self.adapters[primary]
+        if distance is None and allowed.shape[-1] and self.config.interaction_position != "none":
+            raise UsageError(f"interaction_position={self.config.interaction_position!r} is not supported by "
+                             "full-mode generation yet; generate with mode='fast' or train with "
+                             "interaction_position='none'")
         hidden = adapter.embed(ids, mask, state)
         for q, (start, stop) in enumerate(self.stacks[primary]):
             if q == 0 and first_stack is not None:
@@ -316,7 +360,7 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
                 hidden = adapter.run_layers(hidden, start, stop, state)
             if allowed.shape[-1]:
                 keys, values = peer_kv(q)
-                hidden = self.interactions[q](primary, hidden, keys, values, allowed)
+                hidden = self.interactions[q](primary, hidden, keys, values, allowed, distance)
         return hidden
 
     def _primary_pass(self, primary: int, token_ids: list[torch.Tensor],
@@ -328,23 +372,26 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
         device = adapter.device
         ids, mask = left_pad(token_ids, _pad_id(adapter.tokenizer))
         n, width = ids.shape
-        lengths = [sum(int(v.ends.shape[0]) for v in row) for row in views]
+        lengths = [sum(int(v.visible.shape[1]) for v in row) for row in views]
         total = max(lengths, default=0)
         allowed = torch.zeros(n, width, total, dtype=torch.bool)
+        distance = torch.zeros(n, width, total, dtype=torch.long)
         for r, row in enumerate(views):
             offset, tp = 0, len(token_ids[r])
             for view in row:
-                tk = int(view.ends.shape[0])
-                allowed[r, width - tp:, offset:offset + tk] = visibility_mask(view.limits, view.ends)
+                tk = int(view.visible.shape[1])
+                allowed[r, width - tp:, offset:offset + tk] = view.visible
+                distance[r, width - tp:, offset:offset + tk] = peer_distance(view.visible)
                 offset += tk
-        allowed = allowed.to(device)
+        allowed, distance = allowed.to(device), distance.to(device)
         layers = self.interactions
         heads, head_dim = self.config.interaction_heads, self.shared_dim // self.config.interaction_heads
 
         def peer_kv(q: int) -> tuple[torch.Tensor, torch.Tensor]:
             keys_rows, values_rows = [], []
             for row in views:
-                parts = [layers[q].peer_keys_values(v.expert, v.hidden[q].to(device).unsqueeze(0), v.weight.reshape(1))
+                parts = [layers[q].peer_keys_values(v.expert, self.peer_input(q, v.expert, v.hidden, device),
+                                                    v.weight.reshape(1))
                          for v in row]
                 k = torch.cat([p[0] for p in parts], dim=2) if parts else torch.zeros(1, heads, 0, head_dim, device=device)
                 v_ = torch.cat([p[1] for p in parts], dim=2) if parts else torch.zeros_like(k)
@@ -363,19 +410,72 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
                 return hidden
 
         hidden = self._walk_primary(primary, adapter.new_state(), ids.to(device), mask.to(device), peer_kv, allowed,
-                                    first_stack)
+                                    first_stack, distance)
         logits = adapter.logits(hidden)
         return [logits[r, width - len(token_ids[r]):] for r in range(n)]
 
     def peer_views(self, sample_prompt: str, completion: str, primary_known_ends: torch.Tensor,
                    peers: Sequence[tuple[int, torch.Tensor, PeerStates]]) -> list[PeerView]:
-        """Views of a sample's peers ``(expert, weight, states)`` for a primary with ``primary_known_ends``."""
+        """Views of a sample's peers ``(expert, weight, states)`` for a primary with ``primary_known_ends``.
+
+        ``"stable"``: primary token ``i`` reads the peer's states on the peer's own tokenisation of the
+        text up to its limit (``mot.thoughts.alignment``): a prefix of ``states`` or, where that
+        tokenisation branches off the whole text's, the prefix plus the branch's tail, whose states are
+        computed here once and kept in ``states.branches``.  ``"span"``: every token ending by the limit."""
         views = []
         for expert, weight, states in peers:
-            rule = VisibilityRule(self.adapters[expert].tokenizer, sample_prompt, self.config.peer_visibility)
-            views.append(PeerView(expert, states.ends, rule.limits(primary_known_ends, completion), weight,
-                                  states.hidden))
+            tokenizer = self.adapters[expert].tokenizer
+            rule = VisibilityRule(tokenizer, sample_prompt, self.config.peer_visibility)
+            limits = rule.limits(primary_known_ends, completion)
+            if self.config.peer_visibility == "span":
+                views.append(PeerView(expert, visibility_mask(limits, states.ends), weight, states.hidden))
+                continue
+            cuts = sorted(set(limits.tolist()))
+            full_ids = states.tokens.input_ids.tolist()
+            plan = plan_cuts(full_ids, cut_token_ids(tokenizer, sample_prompt, completion, cuts))
+            missing = [key for key in plan.branches if key not in states.branches]
+            if missing:
+                states.branches.update(self._branch_states(expert, full_ids, missing, states.hidden[0].device))
+            where = {c: n for n, c in enumerate(cuts)}
+            rows = [where[int(c)] for c in limits.tolist()]
+            # token i reads F[:prefix_i] (visibility_mask over the states' positions 1..T) ...
+            prefix = torch.tensor([plan.prefix[r] for r in rows], dtype=torch.long)
+            visible = [visibility_mask(prefix, torch.arange(1, len(full_ids) + 1))]
+            hidden = [list(states.hidden)]
+            # ... and the tail of its branch, if any
+            for b, key in enumerate(plan.branches):
+                tail = states.branches[key]
+                reads = torch.tensor([plan.branch[r] == b for r in rows], dtype=torch.bool)
+                visible.append(reads.unsqueeze(1).expand(len(rows), tail[0].shape[0]))
+                hidden.append(tail)
+            views.append(PeerView(expert, torch.cat(visible, dim=1), weight,
+                                  [torch.cat(parts, dim=0) for parts in zip(*hidden, strict=True)]))
         return views
+
+    def _branch_states(self, expert: int, full_ids: list[int], branches: Sequence[tuple[int, tuple[int, ...]]],
+                       device: Any) -> dict[tuple[int, tuple[int, ...]], list[torch.Tensor]]:
+        """Per-stack states of each branch tail ``(k, tail)`` after ``full_ids[:k]``: one walk over the
+        whole text's tokens up to the last branch point, each tail fed at its point and cropped away."""
+        adapter = self.adapters[expert]
+        out: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = {}
+        state, fed = adapter.new_state(), 0
+
+        def feed(ids: Sequence[int]) -> list[torch.Tensor]:
+            hidden = adapter.embed(torch.tensor([list(ids)], dtype=torch.long, device=adapter.device), None, state)
+            per_stack = []
+            for start, stop in self.stacks[expert]:
+                hidden = adapter.run_layers(hidden, start, stop, state)
+                per_stack.append(hidden[0].detach().to(device))
+            return per_stack
+
+        with torch.no_grad():
+            for k, tail in sorted(branches):
+                if k > fed:
+                    feed(full_ids[fed:k])
+                    fed = k
+                out[(k, tail)] = feed(tail)
+                adapter.crop(state, fed)
+        return out
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, prompts: Sequence[str], completions: Sequence[str] | None = None, *,
@@ -405,7 +505,7 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
         states: dict[tuple[int, int], PeerStates] = {}
         needed: dict[int, list[int]] = defaultdict(list)
         for b, active in enumerate(indices):
-            for expert in active[1:]:
+            for expert in dict.fromkeys(self.peer_experts(active)):
                 if expert in given[b]:
                     states[(b, expert)] = given[b][expert]
                 else:
@@ -426,7 +526,8 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
             _check_nonempty(toks, self.expert_specs[primary])
             views = []
             for b, tok in zip(rows, toks, strict=True):
-                peers = [(e, routing.weights[b, k], states[(b, e)]) for k, e in enumerate(indices[b]) if k > 0]
+                peers = [(e, routing.weights[b, k + 1], states[(b, e)])
+                         for k, e in enumerate(self.peer_experts(indices[b]))]
                 views.append(self.peer_views(prompts[b], completions[b], known_ends(tok), peers))
             own = [given[b].get(primary) for b in rows]
             first = None

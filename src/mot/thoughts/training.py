@@ -93,7 +93,7 @@ def collect_peer_states(model: MixtureOfThoughts, prompts: Sequence[str], target
     needed: list[set[int]] = [set() for _ in prompts]
     for decision in decisions:
         for b, row in enumerate(decision.indices.tolist()):
-            needed[b].update(row[1:])
+            needed[b].update(model.peer_experts(row))
     out: list[dict[int, PeerStates]] = [dict(given[b]) if given is not None else {} for b in range(len(prompts))]
     if primaries and cache is not None:
         for decision in decisions:
