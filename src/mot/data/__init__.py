@@ -18,6 +18,7 @@ from mot.data.math import load_gsm8k, load_prealgebra
 from mot.data.multiple_choice import load_arc_challenge, load_ceval, load_cmmlu, load_mmlu
 from mot.data.parallel import detokenize_cpp, load_babeltower, load_cpp_cuda, load_pareval
 from mot.data.qa import load_qa
+from mot.data.sampling import DEFAULT_SAMPLE_SEED, parse_partitioned_split, partition, sample_items
 from mot.errors import UsageError
 
 
@@ -53,16 +54,27 @@ def benchmark_spec(name: str) -> BenchmarkSpec:
 
 
 def load_benchmark(name: str, path: str | Path | None = None, split: str | None = None,
-                   limit: int | None = None) -> list:
+                   limit: int | None = None, *, sample_seed: int | None = None) -> list:
     """Load benchmark ``name`` from ``path`` (local upstream files) or, with ``path=None``, from the package
-    (HumanEval) or the HF hub where the loader supports it.  ``split=None`` takes the benchmark's default."""
+    (HumanEval) or the HF hub where the loader supports it.  ``split=None`` takes the benchmark's default.
+
+    ``split`` may name a part of a split, ``"test[train]"`` or ``"test[eval]"``: a fixed seeded partition
+    of the test items (:func:`mot.data.sampling.partition`), for benchmarks without training data.
+    ``limit``: the first ``limit`` items, or with ``sample_seed`` given (and always for a partitioned
+    split) ``limit`` items sampled across subjects (:func:`mot.data.sampling.sample_items`)."""
     spec = benchmark_spec(name)
-    return spec.loader(path, split=split or spec.default_split, limit=limit)
+    base, part = parse_partitioned_split(split or spec.default_split)
+    if part is None and sample_seed is None:
+        return spec.loader(path, split=base, limit=limit)
+    items = spec.loader(path, split=base, limit=None)
+    if part is not None:
+        items = partition(items, part, spec.name)
+    return sample_items(items, limit, DEFAULT_SAMPLE_SEED if sample_seed is None else sample_seed)
 
 
 __all__ = [
     "BENCHMARKS", "BenchmarkSpec", "CodeItem", "GenerativeItem", "MultipleChoiceItem", "ParEvalPrompt",
     "TranslationPair", "benchmark_spec", "detokenize_cpp", "load_arc_challenge", "load_babeltower", "load_benchmark",
     "load_ceval", "load_cmmlu", "load_cpp_cuda", "load_gsm8k", "load_humaneval", "load_mbpp", "load_mmlu",
-    "load_pareval", "load_prealgebra", "load_qa",
+    "load_pareval", "load_prealgebra", "load_qa", "partition", "sample_items",
 ]

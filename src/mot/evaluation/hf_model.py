@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ class HFModel:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.share_context = True  # one forward per context for single-token continuations
 
     @property
     def device(self) -> torch.device:
@@ -73,30 +74,11 @@ class HFModel:
 
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
+        """``log P(continuation | context)`` per request.  Requests whose continuation is one token and
+        whose context tokens are equal (the choices of one multiple-choice question) share one forward
+        over the context: the numbers equal one forward per request (``share_context = False``)."""
         encoded = [self.encode_pair(c, x) for c, x in requests]
-        results: list[LogLikelihood | None] = [None] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            rows: list[tuple[int, list[int], list[int]]] = []  # (request index, input ids, scored ids)
-            for i in batch:
-                ctx, cont = encoded[i]
-                if not cont:
-                    results[i] = LogLikelihood(0.0, 0, True)
-                    continue
-                seq = (ctx + cont)[-(self.max_length + 1):]
-                rows.append((i, seq[:-1], seq[len(seq) - min(len(cont), len(seq) - 1):]))
-            if not rows:
-                continue
-            logprobs = self._logprobs([r[1] for r in rows], keep=max(len(r[2]) for r in rows))
-            width = logprobs.shape[1]
-            for b, (i, _, cont) in enumerate(rows):
-                lp = logprobs[b, width - len(cont):]  # positions that predict the continuation tokens
-                target = torch.tensor(cont, device=lp.device)
-                picked = lp.gather(-1, target[:, None])[:, 0]
-                greedy = bool((lp.argmax(-1) == target).all())
-                results[i] = LogLikelihood(float(picked.sum()), len(cont), greedy)
-        return results  # type: ignore[return-value]
+        return score_encoded(encoded, self._logprobs, self.max_length, self.batch_size, self.share_context)
 
     def _logprobs(self, inputs: list[list[int]], keep: int) -> torch.Tensor:
         """Log-softmax over the vocabulary at the last ``keep`` positions of left-padded ``inputs``:
@@ -206,6 +188,48 @@ class HFModel:
             thread.join()
         if failure:
             raise failure[0]
+
+
+def score_encoded(encoded: Sequence[tuple[list[int], list[int]]],
+                  logprobs_fn: Callable[[list[list[int]], int], torch.Tensor], max_length: int, batch_size: int,
+                  share_context: bool = True) -> list[LogLikelihood]:
+    """Log-likelihoods of encoded ``(context ids, continuation ids)`` pairs with ``logprobs_fn(inputs, keep)``
+    (log-softmax ``[B, keep, V]`` at the last ``keep`` positions of left-padded ``inputs``).
+
+    A sequence longer than ``max_length + 1`` keeps its last tokens.  With ``share_context``, pairs whose
+    continuation is a single token and whose contexts are equal run as one input (the context, cut to
+    its last ``max_length`` tokens: exactly the input the pair would have on its own) and each reads its
+    token from the last position."""
+    results: list[LogLikelihood | None] = [None] * len(encoded)
+    jobs: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (input ids, [(request, scored ids)])
+    shared: dict[tuple[int, ...], int] = {}
+    for i, (ctx, cont) in enumerate(encoded):
+        if not cont:
+            results[i] = LogLikelihood(0.0, 0, True)
+            continue
+        if share_context and len(cont) == 1:
+            key = tuple(ctx[-max_length:])
+            if key in shared:
+                jobs[shared[key]][1].append((i, cont))
+                continue
+            shared[key] = len(jobs)
+            jobs.append((list(key), [(i, cont)]))
+            continue
+        seq = (ctx + cont)[-(max_length + 1):]
+        jobs.append((seq[:-1], [(i, seq[len(seq) - min(len(cont), len(seq) - 1):])]))
+    order = sorted(range(len(jobs)), key=lambda j: -(len(jobs[j][0]) + max(len(c) for _, c in jobs[j][1])))
+    for start in range(0, len(order), batch_size):
+        batch = [jobs[j] for j in order[start:start + batch_size]]
+        logprobs = logprobs_fn([inputs for inputs, _ in batch], max(len(c) for _, scored in batch for _, c in scored))
+        width = logprobs.shape[1]
+        for b, (_, scored) in enumerate(batch):
+            for i, cont in scored:
+                lp = logprobs[b, width - len(cont):]  # positions that predict the continuation tokens
+                target = torch.tensor(cont, device=lp.device)
+                picked = lp.gather(-1, target[:, None])[:, 0]
+                greedy = bool((lp.argmax(-1) == target).all())
+                results[i] = LogLikelihood(float(picked.sum()), len(cont), greedy)
+    return results  # type: ignore[return-value]
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -150,3 +150,24 @@ def score_translations(
         "compilation_accuracy": compilation,
         "compilation_status": compilation_status,
     }
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, seed: int = 0,
+                        confidence: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` over paired per-item scores and its percentile bootstrap interval: items are
+    resampled with replacement ``resamples`` times (seeded), the same draw for both systems.
+    Returns ``{"diff", "low", "high", "n"}``."""
+    import random
+
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need the same items: {len(a)} vs {len(b)}")
+    n = len(a)
+    if n == 0:
+        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    low = means[int(tail * (resamples - 1))]
+    high = means[int(round((1 - tail) * (resamples - 1)))]
+    return {"diff": sum(diffs) / n, "low": low, "high": high, "n": n}

@@ -1,5 +1,6 @@
 """Routing core shared by every model kind: decision, router protocol, built-in routers, registry, losses."""
 
+from mot.routing.baselines import ClusterRouter, FixedRouter, RouterDC
 from mot.routing.decision import RoutingDecision
 from mot.routing.losses import budget_loss, entropy_loss, load_balancing_loss, router_z_loss, symmetric_kl
 from mot.routing.registry import ROUTERS, build_router, register_router, resolve_router, router_spec
@@ -15,6 +16,9 @@ from mot.routing.routers import (
 
 __all__ = [
     "ROUTERS",
+    "ClusterRouter",
+    "FixedRouter",
+    "RouterDC",
     "GumbelTopKRouter",
     "LinearRouter",
     "MLPRouter",
