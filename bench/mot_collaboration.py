@@ -55,6 +55,13 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "exact_recency_prediction": ({"peer_visibility": "exact", "interaction_position": "recency",
                                   "peer_readout": "prediction"}, {}),
     "recency_last_stack": ({"interaction_position": "recency", "peer_stack": "last"}, {}),
+    # the router of the composition runs makes the qwen2 expert the primary for ~80% of queries: its peer is then
+    # llama, whose facts a linear probe barely reads (<= 0.39).  Forcing the primary tests the other direction.
+    "exact_recency_primary0": ({"peer_visibility": "exact", "interaction_position": "recency"}, {"primary": 0}),
+    "exact_recency_primary1": ({"peer_visibility": "exact", "interaction_position": "recency"}, {"primary": 1}),
+    "default_primary0": ({}, {"primary": 0}),
+    "exact_recency_primary0_steps_x3": ({"peer_visibility": "exact", "interaction_position": "recency"},
+                                        {"primary": 0, "steps_mult": 3.0}),
     "lr_x3": ({}, {"lr_mult": 3.0}),
     "steps_x3": ({}, {"steps_mult": 3.0}),
 }
@@ -172,11 +179,12 @@ def build_mot(experts: list[Any], names: list[str], overrides: dict[str, Any], s
 
 
 def train_mot(model: Any, queries: list[Any], steps: int, lr: float, batch_size: int, seed: int, run_dir: Path,
-              aux: dict[str, Any] | None = None) -> dict[str, Any]:
+              aux: dict[str, Any] | None = None, primary: int | None = None) -> dict[str, Any]:
+    """Train ``model``'s router and interaction layers (``primary``: a forced primary; the router is not used)."""
     from mot.thoughts.training import MoTTrainTask
     from mot.training import Trainer, TrainingConfig
 
-    task = MoTTrainTask(model)
+    task = MoTTrainTask(model) if primary is None else forced_task_class()(model, None, primary=primary)
     cfg = TrainingConfig(batch_size=batch_size, learning_rate=lr, max_steps=steps, warmup_steps=10, min_lr_ratio=0.1,
                          max_grad_norm=1.0, device="cpu", precision="fp32", seed=seed, log_every=max(1, steps // 5),
                          best_metric=None, tensorboard=False, plots=False, progress=False, keep_last=1)
@@ -226,13 +234,16 @@ def composition(args: argparse.Namespace) -> dict[str, Any]:
         record: dict[str, Any] = {"mot_config": {**BASE_MOT, **overrides}, "steps": steps, "lr": lr}
         for kind, peers in (("control", "self"), ("MoT", "routed")):
             model = build_mot(experts, names, {**overrides, "peers": peers}, args.seed)
+            primary = training.get("primary")
             info = train_mot(model, task.train, steps, lr, args.batch_size, args.seed,
-                             work / f"run-{variant}-{kind}-{os.getpid()}")
-            nats, primaries, foreign = per_query_nats(model, test, task.facts)
+                             work / f"run-{variant}-{kind}-{os.getpid()}", primary=primary)
+            nats, primaries, foreign = per_query_nats(model, test, task.facts,
+                                                      None if primary is None else fixed(primary, 2))
             label = f"{kind} [{variant}]"
             rows[label] = nats
             foreign_rows[label] = foreign
-            record[kind] = {**info, "primary_share": [primaries.count(e) / len(primaries) for e in range(2)]}
+            record[kind] = {**info, "primary_share": [primaries.count(e) / len(primaries) for e in range(2)],
+                            "primaries": primaries}
             print(f"{label}: {sum(nats) / len(nats):.3f} nats/query, foreign value {sum(foreign) / len(foreign):.3f}"
                   f" ({info['seconds']:.0f} s)", file=sys.stderr, flush=True)
         record["mot_minus_control"] = paired_bootstrap(rows[f"MoT [{variant}]"], rows[f"control [{variant}]"])
@@ -252,6 +263,356 @@ def composition(args: argparse.Namespace) -> dict[str, Any]:
     })
     return results
 
+# -- the real-expert settings (issue "Collaboration that is real") --------------------------------------
+# SmolLM2-135M forced as primary, Qwen2.5-Coder-0.5B as peer; held-out nats per target byte.
+REAL_EXPERTS = ("smollm2-135m", "qwen2.5-coder-0.5b")
+REAL_BASE = {"num_stacks": 4, "top_k": 2, "shared_dim": 256, "interaction_heads": 8, "dropout": 0.0,
+             "router_hidden_dim": 32, "lambda_consistency": 0.0, "entropy_weight": 0.0, "balance_weight": 0.0}
+# row label -> (peers, variant of VARIANTS)
+REAL_ROWS = {
+    "control [exact_recency]": ("self", "exact_recency"),
+    "MoT [default]": ("routed", "default"),
+    "MoT [exact_recency]": ("routed", "exact_recency"),
+    "control [default]": ("self", "default"),
+}
+
+
+def split_by_group(items: list[Any], group: Any, n_train: int, n_test: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """Seeded split by whole groups (module / source file): test items come only from groups no training item
+    comes from; ``n_test`` test and ``n_train`` training items, each drawn round-robin over their groups."""
+    groups: dict[str, list[Any]] = {}
+    for item in items:
+        groups.setdefault(group(item), []).append(item)
+    names = sorted(groups)
+    rng = random.Random(seed)
+    rng.shuffle(names)
+    test_groups, count = [], 0
+    for name in names:  # enough test groups for n_test items, then every other group is training material
+        if count >= n_test:
+            break
+        test_groups.append(name)
+        count += len(groups[name])
+    train_groups = [n for n in names if n not in test_groups]
+
+    def spread(chosen: list[str], cap: int) -> list[Any]:
+        queues = [rng.sample(groups[n], len(groups[n])) for n in chosen]
+        out: list[Any] = []
+        while len(out) < cap and any(queues):
+            for q in queues:
+                if q and len(out) < cap:
+                    out.append(q.pop())
+        return out
+
+    return spread(train_groups, n_train), spread(test_groups, n_test)
+
+
+def real_items(setting: str, n_train: int, n_test: int, seed: int) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """``(prompt, target, group)`` items of a real setting, split by module (``qa``: stdlib docstring Q&A,
+    ``mot.thoughts.data.stdlib_qa_pairs``) or by stdlib source file (``code``: def + docstring -> the start of
+    the body, ``mot.data.mixed_domain.code_samples``).  Material on every machine: the Python stdlib sources."""
+    if setting == "qa":
+        from mot.thoughts.data import stdlib_qa_pairs
+
+        items = [(p.prompt, p.target, p.id.split(":", 1)[1].split(".", 1)[0]) for p in stdlib_qa_pairs()]
+    elif setting == "code":
+        from mot.data.mixed_domain import code_samples
+
+        items = [(s.prompt, s.target, s.source) for s in code_samples()]
+    else:
+        raise ValueError(f"unknown real setting {setting!r}")
+    return split_by_group(items, lambda it: it[2], n_train, n_test, seed)
+
+
+class StateStore:
+    """Every expert's per-stack states of every item, in memory, computed once per run (the experts are frozen,
+    so they depend on the text and the expert only) and shared by every row.  The same ``PeerStates`` object is
+    returned each time, so the branch states that ``exact`` visibility needs (``PeerStates.branches``) are
+    computed once too.  Duck-types the ``PeerStateCache`` reading API (``states``, ``features``)."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[int, str, str], Any] = {}
+
+    def build(self, model: Any, items: list[tuple[str, str, str]], batch_size: int = 4) -> float:
+        t0 = time.perf_counter()
+        for expert in range(model.num_experts):
+            todo = sorted({(p, t) for p, t, _ in items if (expert, p, t) not in self.store}, key=lambda x: len(x[0] + x[1]))
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i:i + batch_size]
+                for (p, t), st in zip(chunk, model.compute_peer_states(expert, [p for p, _ in chunk],
+                                                                       [t for _, t in chunk]), strict=True):
+                    self.store[(expert, p, t)] = st
+        return time.perf_counter() - t0
+
+    def states(self, expert: int, prompt: str, target: str) -> Any:
+        return self.store.get((expert, prompt, target))
+
+    def features(self, prompts: list[str]) -> None:
+        return None
+
+
+def tree_branch_states(model: Any, expert: int, full_ids: list[int], branches: Any, device: Any) -> dict[Any, list[torch.Tensor]]:
+    """The states ``MixtureOfThoughts._branch_states`` computes (each branch tail ``(k, tail)`` read after
+    ``full_ids[:k]``), in ONE forward of ``full_ids`` followed by every tail, under a tree-shaped attention mask
+    (a tail token sees ``full_ids[:k]`` and its own tail's earlier tokens) with the positions it would have had:
+    one pass instead of two small cached passes per branch, which on a CPU cost a full read of the weights
+    each.  Checked against the cached walk at the start of a run (``tree_check`` in the JSON)."""
+    hf = model.experts[expert]
+    base = hf.base_model
+    branches = sorted(branches)
+    ids, pos = list(full_ids), list(range(len(full_ids)))
+    spans = []
+    for k, tail in branches:
+        spans.append((len(ids), len(tail)))
+        ids += list(tail)
+        pos += list(range(k, k + len(tail)))
+    n, t_full = len(ids), len(full_ids)
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    allowed[:t_full, :t_full] = torch.ones(t_full, t_full, dtype=torch.bool).tril()
+    for (k, _tail), (start, length) in zip(branches, spans, strict=True):
+        allowed[start:start + length, :k] = True
+        allowed[start:start + length, start:start + length] = torch.ones(length, length, dtype=torch.bool).tril()
+    dtype = next(hf.parameters()).dtype
+    mask = torch.zeros(1, 1, n, n, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    stops = [stop - 1 for _, stop in model.stacks[expert]]
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [base.layers[i].register_forward_hook(
+        lambda _m, _a, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out)) for i in stops]
+    try:
+        with torch.no_grad():
+            base(input_ids=torch.tensor([ids], device=hf.device), attention_mask=mask.to(hf.device),
+                 position_ids=torch.tensor([pos], device=hf.device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {key: [captured[i][0, start:start + length].detach().to(device) for i in stops]
+            for key, (start, length) in zip(branches, spans, strict=True)}
+
+
+def tree_mot_class():
+    from mot.thoughts import MixtureOfThoughts
+
+    class TreeBranchMoT(MixtureOfThoughts):
+        """MixtureOfThoughts whose ``exact``/``stable`` branch states come from ``tree_branch_states``."""
+
+        def _branch_states(self, expert, full_ids, branches, device):  # noqa: ANN001, ANN202
+            return tree_branch_states(self, expert, full_ids, branches, device)
+
+    return TreeBranchMoT
+
+
+def forced(primary: int, num_experts: int, batch: int) -> Any:
+    """A fixed decision: ``primary`` first, the others after, uniform weights (what the issue measured)."""
+    return fixed(primary, num_experts)([""] * batch)
+
+
+def forced_task_class():
+    from mot.thoughts.model import lm_loss
+    from mot.thoughts.training import MoTTrainTask, collect_peer_states
+
+    class ForcedTrainTask(MoTTrainTask):
+        """The LM loss of a MoT whose primary is forced (expert ``primary``); peer states from ``store``."""
+
+        def __init__(self, model: Any, store: StateStore | None, primary: int = 0) -> None:
+            super().__init__(model, peer_cache=store, cache_primary=True)
+            self.primary = primary
+
+        def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+            prompts, targets = batch["prompts"], batch["targets"]
+            routing = forced(self.primary, self.module.num_experts, len(prompts))
+            peers = collect_peer_states(self.module, prompts, targets, [routing], cache=self.peer_cache, primaries=True)
+            out = self.module(prompts, targets, routing=routing, peer_states=peers)
+            lm = lm_loss(out)
+            return lm, {"lm_loss": float(lm.detach())}
+
+    return ForcedTrainTask
+
+
+def score_real(model: Any, items: list[tuple[str, str, str]], primary: int, store: StateStore,
+               batch_size: int = 4) -> list[float]:
+    """Nats of each item's target tokens + the primary's EOS (the rows ``lm_loss`` scores), ``primary`` forced."""
+    from mot.thoughts.training import collect_peer_states, target_rows
+
+    nats: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            prompts, targets = [p for p, _, _ in chunk], [t for _, t, _ in chunk]
+            routing = forced(primary, model.num_experts, len(chunk))
+            peers = collect_peer_states(model, prompts, targets, [routing], cache=store, primaries=True)
+            out = model(prompts, targets, routing=routing, peer_states=peers)
+            for logits, tok, eos in zip(out.logits, out.tokens, out.eos_token_ids, strict=True):
+                rows = target_rows(tok, eos)
+                labels = torch.cat([tok.input_ids[1:], tok.input_ids.new_tensor([eos])])
+                lp = torch.log_softmax(logits[rows].float(), -1)
+                nats.append(float(-lp.gather(1, labels[rows][:, None]).sum()))
+    return nats
+
+
+def ratio_bootstrap(a: list[float], b: list[float] | None, nbytes: list[int], samples: int = 2000,
+                    seed: int = 0) -> dict[str, float]:
+    """``(sum a - sum b) / sum bytes`` (nats per target byte; ``b`` None: 0) and its percentile 95% CI, items
+    resampled with replacement (the same draw for both: paired)."""
+    b = [0.0] * len(a) if b is None else b
+    rng = random.Random(seed)
+    n = len(a)
+
+    def stat(idx: Any) -> float:
+        return sum(a[i] - b[i] for i in idx) / sum(nbytes[i] for i in idx)
+
+    draws = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(samples))
+    return {"mean": stat(range(n)), "lo": draws[int(0.025 * samples)], "hi": draws[int(0.975 * samples) - 1],
+            "items": n}
+
+
+def real_setting(args: argparse.Namespace, setting: str, experts: list[Any], store_dir: Path) -> dict[str, Any]:
+    from mot.evaluation.metrics import paired_bootstrap_ci
+    from mot.thoughts import HashingEncoder, MoTConfig
+
+    n_train, n_test = (args.qa_train, args.qa_test) if setting == "qa" else (args.code_train, args.code_test)
+    train, test = real_items(setting, n_train, n_test, args.seed)
+    nbytes = [len(t.encode("utf-8")) for _, t, _ in test]
+    cls = tree_mot_class()
+
+    def build(overrides: dict[str, Any]) -> Any:
+        return cls([m for m, _ in experts], [t for _, t in experts], MoTConfig(**{**REAL_BASE, **overrides}),
+                   expert_specs=list(REAL_EXPERTS), encoder=HashingEncoder(64), seed=args.seed)
+
+    store = StateStore()
+    alone = build({})  # untrained: every gate is zero, exactly its primary
+    state_seconds = store.build(alone, train + test)
+    print(f"[{setting}] {len(train)} train / {len(test)} test items; states {state_seconds:.0f} s",
+          file=sys.stderr, flush=True)
+    stamp = {"setting": setting, "train": len(train), "test": len(test), "steps": args.real_steps, "lr": args.real_lr,
+             "batch": args.real_batch, "seed": args.seed, "base": REAL_BASE,
+             "test_keys": [hash_text(p + "\0" + t) for p, t, _ in test]}
+    record: dict[str, Any] = {"train_items": len(train), "test_items": len(test),
+                              "train_groups": len({g for _, _, g in train}), "test_groups": len({g for _, _, g in test}),
+                              "test_target_bytes": sum(nbytes), "state_seconds": state_seconds, "rows_meta": {}}
+    per_item: dict[str, list[float]] = {}
+
+    def cached_row(label: str, compute: Any) -> list[float]:
+        path = store_dir / f"{setting}-{label.replace(' ', '_').replace('[', '').replace(']', '')}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("stamp") == stamp:
+                record["rows_meta"][label] = {**saved["meta"], "resumed": True}
+                return saved["nats"]
+        nats, meta = compute()
+        path.write_text(json.dumps({"stamp": stamp, "meta": meta, "nats": nats}))
+        record["rows_meta"][label] = meta
+        return nats
+
+    for e, name in enumerate(REAL_EXPERTS):
+        per_item[f"{name} alone"] = cached_row(f"{name} alone", lambda e=e: (score_real(alone, test, e, store), {}))
+    # the exact rule's branch states computed in one tree-masked pass: check it against the cached walk
+    if setting == args.real[0]:
+        record["tree_check"] = tree_check(build({"peer_visibility": "exact"}), store, test)
+    for label in args.real_rows:
+        peers, variant = REAL_ROWS[label]
+        overrides, _ = VARIANTS[variant]
+
+        def run_row(overrides: dict[str, Any] = overrides, peers: str = peers, label: str = label) -> Any:
+            model = build({**overrides, "peers": peers})
+            info = train_real(model, store, train, args, store_dir / f"run-{setting}-{os.getpid()}")
+            t0 = time.perf_counter()
+            nats = score_real(model, test, 0, store)
+            info["score_seconds"] = time.perf_counter() - t0
+            info["gates_mean_abs"] = [float(layer.gates[0].detach().abs().mean()) for layer in model.interactions]
+            info["mot_config"] = {**REAL_BASE, **overrides, "peers": peers}
+            return nats, info
+
+        per_item[label] = cached_row(label, run_row)
+        print(f"[{setting}] {label}: {sum(per_item[label]) / sum(nbytes):.4f} nats/byte", file=sys.stderr, flush=True)
+    rows = {k: ratio_bootstrap(v, None, nbytes) for k, v in per_item.items()}
+    diffs: dict[str, Any] = {}
+    pairs = [("MoT [exact_recency]", "control [exact_recency]"), ("MoT [default]", "control [default]"),
+             ("MoT [exact_recency]", "MoT [default]"), ("MoT [default]", "control [exact_recency]"),
+             ("MoT [exact_recency]", f"{REAL_EXPERTS[1]} alone"), ("MoT [exact_recency]", f"{REAL_EXPERTS[0]} alone"),
+             ("control [exact_recency]", f"{REAL_EXPERTS[0]} alone")]
+    per_byte = {k: [x / b for x, b in zip(v, nbytes, strict=True)] for k, v in per_item.items()}
+    for a, b in pairs:
+        if a in per_item and b in per_item:
+            diffs[f"{a} - {b}"] = {**ratio_bootstrap(per_item[a], per_item[b], nbytes),
+                                   "per_item_mean": paired_bootstrap_ci(per_byte[a], per_byte[b])}
+    record.update({"rows": rows, "differences": diffs, "per_item_nats": per_item, "target_bytes": nbytes,
+                   "test_groups_list": sorted({g for _, _, g in test})})
+    return record
+
+
+def hash_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def tree_check(model: Any, store: StateStore, items: list[tuple[str, str, str]], count: int = 3) -> dict[str, Any]:
+    """Max |difference| between ``tree_branch_states`` and the cached walk (``MixtureOfThoughts._branch_states``)
+    on the peer branches the ``exact`` rule needs for the first ``count`` items that have any."""
+    from mot.thoughts import MixtureOfThoughts
+    from mot.thoughts.alignment import encode_pair, known_ends
+
+    worst, scale, checked = 0.0, 0.0, 0
+    for p, t, _ in items:
+        st = store.states(1, p, t)
+        probe_states = type(st)(st.expert, st.tokens, st.ends, st.hidden)  # a fresh copy: no branches yet
+        tok = encode_pair(model.adapters[0].tokenizer, p, t)
+        model.peer_views(p, t, known_ends(tok), [(1, torch.tensor(0.5), probe_states)])
+        if not probe_states.branches:
+            continue
+        ids = st.tokens.input_ids.tolist()
+        walk = MixtureOfThoughts._branch_states(model, 1, ids, list(probe_states.branches), st.hidden[0].device)
+        for key, states in probe_states.branches.items():
+            for a, b in zip(states, walk[key], strict=True):
+                worst = max(worst, float((a - b).abs().max()))
+                scale = max(scale, float(b.abs().max()))
+        checked += 1
+        if checked >= count:
+            break
+    return {"items": checked, "max_abs_diff": worst, "max_abs_state": scale}
+
+
+def train_real(model: Any, store: StateStore, train: list[tuple[str, str, str]], args: argparse.Namespace,
+               run_dir: Path) -> dict[str, Any]:
+    import shutil
+
+    from mot.training import Trainer, TrainingConfig
+
+    task = forced_task_class()(model, store, primary=0)
+    cfg = TrainingConfig(batch_size=args.real_batch, learning_rate=args.real_lr, max_steps=args.real_steps,
+                         warmup_steps=10, min_lr_ratio=0.1, max_grad_norm=1.0, device="cpu", precision="fp32",
+                         seed=args.seed, log_every=max(1, args.real_steps // 4), best_metric=None, tensorboard=False,
+                         plots=False, progress=False, keep_last=1)
+    t0 = time.perf_counter()
+    result = Trainer(task, cfg, [(p, t) for p, t, _ in train], None, run_dir=run_dir, collate_fn=task.collate).fit()
+    seconds = time.perf_counter() - t0
+    losses = []
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        losses = [json.loads(line).get("lm_loss") for line in metrics.read_text().splitlines() if "lm_loss" in line]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"steps": result.step, "train_seconds": seconds, "train_lm_loss_log": losses}
+
+
+def real(args: argparse.Namespace) -> dict[str, Any]:
+    from mot.experts.resolve import resolve_expert
+
+    experts = [resolve_expert(name) for name in REAL_EXPERTS]
+    store_dir = Path(args.work_dir).parent / "collaboration_real"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"experts": {"primary (forced)": REAL_EXPERTS[0], "peer": REAL_EXPERTS[1]},
+                           "mot_config": REAL_BASE, "steps": args.real_steps, "batch_size": args.real_batch,
+                           "lr": args.real_lr, "rows_defined": {k: list(v) for k, v in REAL_ROWS.items()},
+                           "unit": "nats per target byte (target tokens + the primary's EOS, summed over items, "
+                                   "divided by the items' target UTF-8 bytes); CIs: 2000 paired item resamples",
+                           "settings": {}}
+    for setting in args.real:
+        t0 = time.perf_counter()
+        out["settings"][setting] = real_setting(args, setting, experts, store_dir)
+        out["settings"][setting]["wall_seconds"] = time.perf_counter() - t0
+    return out
+
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -270,6 +631,17 @@ def main() -> None:
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "composition"))
     parser.add_argument("--tag", default="")
     parser.add_argument("--probe", action="store_true", help="linear probe of each expert's states for its facts")
+    parser.add_argument("--real", nargs="+", default=[], choices=["qa", "code"],
+                        help="the real-expert settings instead of the composition task (SmolLM2-135M forced as "
+                             "primary, Qwen2.5-Coder-0.5B as peer): stdlib docstring Q&A, code continuation")
+    parser.add_argument("--real-rows", nargs="+", default=list(REAL_ROWS)[:3], choices=list(REAL_ROWS))
+    parser.add_argument("--real-steps", type=int, default=120)
+    parser.add_argument("--real-batch", type=int, default=4)
+    parser.add_argument("--real-lr", type=float, default=1e-3)
+    parser.add_argument("--qa-train", type=int, default=240)
+    parser.add_argument("--qa-test", type=int, default=60)
+    parser.add_argument("--code-train", type=int, default=240)
+    parser.add_argument("--code-test", type=int, default=48)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -278,6 +650,9 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     t0 = time.perf_counter()
+    if args.real:
+        main_real(args, t0)
+        return
     result = composition(args)
     result.update({"command": " ".join(["python", "bench/mot_collaboration.py", *sys.argv[1:]]),
                    "wall_seconds": time.perf_counter() - t0, "threads": args.threads,
@@ -298,6 +673,23 @@ def main() -> None:
               f" MoT - cap {c['mean']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}];"
               f" foreign value: MoT - control {fd['mean']:+.3f} [{fd['lo']:+.3f}, {fd['hi']:+.3f}],"
               f" MoT - cap {fc['mean']:+.3f} [{fc['lo']:+.3f}, {fc['hi']:+.3f}]")
+    print(f"wrote {out}")
+
+
+def main_real(args: argparse.Namespace, t0: float) -> None:
+    result = real(args)
+    result.update({"command": " ".join(["python", "bench/mot_collaboration.py", *sys.argv[1:]]),
+                   "wall_seconds": time.perf_counter() - t0, "threads": args.threads,
+                   "loadavg_end": os.getloadavg()[0]})
+    out = ROOT / "bench" / "results" / f"mot_collaboration_real{'_' + args.tag if args.tag else ''}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    for setting, rec in result["settings"].items():
+        print(f"\n{setting}: {rec['train_items']} train / {rec['test_items']} held-out items "
+              f"({rec['test_groups']} held-out groups), nats per target byte [95% CI]")
+        for name, row in rec["rows"].items():
+            print(f"  {name:<34} {row['mean']:.4f} [{row['lo']:.4f}, {row['hi']:.4f}]")
+        for name, d in rec["differences"].items():
+            print(f"  {name:<58} {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]")
     print(f"wrote {out}")
 
 
