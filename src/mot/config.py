@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mot.errors import ConfigError
+from mot.io import write_json
 
 SUFFIXES = (".json", ".hocon", ".conf")
 
@@ -154,16 +154,7 @@ def save_config(config: BaseModel | dict[str, Any], path: str | os.PathLike) -> 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
-    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_json(p, data, indent=2, prefix=".config-", suffix=".json", mode=None)  # mode: owner-only, as before
 
 
 # -- error messages ------------------------------------------------------------------------------

@@ -1,4 +1,20 @@
-"""Evaluation models from specs: every model kind ``mot eval run`` and the benchmarks score.
+"""Models from specs: one place that turns a ``--model`` spec into what the server, the chat and the
+evaluators use.
+
+``load_generators(name, spec)`` / ``load_generator(spec)`` give ``TextGenerator``s for every checkpoint kind
+(``spec_kind`` tells which):
+
+- a multi-token checkpoint (``moe_meta.json``: ``mot multitoken train``'s ``s1/``, ``s2/``, ...) -> verified
+  multi-token decoding (exactly the backbone's output);
+- a Mixture-of-Thoughts checkpoint (``config.json`` with format ``mot-thoughts``) -> one generator per mode,
+  ``NAME:fast`` and ``NAME:full``;
+- a moellama model, Trainer checkpoint (``step-*/``, ``best/``) or run directory (``config.json`` with
+  ``model_type: moellama``, or a directory ``mot llama chat --model-path`` opens) -> moellama's own sampler;
+- anything else -> an expert through ``mot.experts.resolve.resolve_expert`` (local dir, ``.gguf``, packaged
+  GGUF, hub id), wrapped by the caller's ``hf`` factory (the server: its streaming ``HFGenerator``; the
+  evaluators: ``HFModel``, which also scores).
+
+Evaluation models (scorers):
 
 ``ModelPool.models(label, spec)`` gives the rows of one ``--model LABEL=SPEC``: an expert (hub id, local
 directory, ``.gguf``, asset alias) as an ``HFModel``; a Mixture-of-Thoughts checkpoint as two rows,
@@ -8,17 +24,26 @@ train-router``) as one routed row.  Each expert is loaded once and shared by eve
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mot.errors import UsageError
-from mot.evaluation.hf_model import HFModel
-from mot.evaluation.routed import Memoized, RoutedModel, expert_scorer
-from mot.thoughts.scoring import MoTModel
+
+if TYPE_CHECKING:  # imported where used: the server imports this module for its spec loader
+    from mot.evaluation.hf_model import HFModel
+    from mot.evaluation.routed import RoutedModel
 
 MODES = ("fast", "full")
+
+# Multi-token checkpoints are served verified (the backbone's own output, whatever the drafts), by default with
+# up to this many prompt-lookup drafts per pass and a draft tree of this many nodes (`mot serve
+# --multitoken-lookup/--multitoken-tree`): the fastest exact setting on the README's benchmark.
+MULTITOKEN_LOOKUP = 5
+MULTITOKEN_TREE = 3
 
 
 def is_mot_checkpoint(path: str | Path) -> bool:
@@ -55,6 +80,7 @@ class ModelPool:
 
     def expert(self, spec: str) -> HFModel:
         if spec not in self._experts:
+            from mot.evaluation.routed import Memoized, expert_scorer
             from mot.experts.resolve import resolve_expert
 
             model, tokenizer = resolve_expert(spec, dtype=self.dtype, device=self.device)
@@ -73,6 +99,7 @@ class ModelPool:
         return mot.eval(), scorers
 
     def router(self, path: str | Path, name: str) -> RoutedModel:
+        from mot.evaluation.routed import RoutedModel
         from mot.routing.checkpoint import load_router
         from mot.thoughts.features import make_encoder
 
@@ -91,7 +118,9 @@ class ModelPool:
         """The rows one ``--model LABEL=SPEC`` gives: a MoT checkpoint without a mode gives ``LABEL:fast``
         and ``LABEL:full``; ``CKPT:fast`` / ``CKPT:full`` one row; a router checkpoint (``mot eval
         train-router``) one routed row; anything else one expert."""
+        from mot.evaluation.hf_model import HFModel
         from mot.routing.checkpoint import is_router_checkpoint
+        from mot.thoughts.scoring import MoTModel
 
         path, mode = split_mode(spec)
         if is_mot_checkpoint(path):
@@ -110,3 +139,150 @@ class ModelPool:
         named = HFModel(scorer.model, scorer.tokenizer, name=label, batch_size=scorer.batch_size,
                         add_bos=scorer.add_bos, use_chat_template=scorer.use_chat_template)
         return {label: named}
+
+
+# ------------------------------------------------------------------------------------- spec -> TextGenerator
+
+
+@dataclass(frozen=True)
+class LoadedGenerator:
+    """One generator a spec gives, under the name it is offered as."""
+
+    name: str
+    generator: Any  # a mot.generation.TextGenerator
+    kind: str  # "hf" | "mot" | "moellama" | "multitoken"
+
+
+HFFactory = Callable[[Any, Any, str], Any]  # (model, tokenizer, name) -> TextGenerator
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_multitoken_checkpoint(path: str | Path) -> bool:
+    path = Path(path).expanduser()
+    return path.is_dir() and (path / "moe_meta.json").is_file()
+
+
+def moellama_model_dir(path: str | Path) -> Path | None:
+    """The directory holding the moellama weights that ``path`` names (a model directory, a Trainer checkpoint
+    ``step-*/`` or ``best/``, or a run directory: its ``best/``, else its newest complete ``step-*``), as
+    ``mot llama chat --model-path`` resolves it; None when ``path`` is no moellama model."""
+    from mot.errors import MotError
+    from mot.moellama.checkpoint import resolve_model_dir
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return None
+    meta = _read_json(path / "config.json")
+    if meta is not None and meta.get("model_type", "moellama") != "moellama":
+        return None  # another architecture's model directory (a run directory's config.json has no model_type)
+    try:
+        directory = resolve_model_dir(path)
+    except MotError:
+        return None
+    meta = _read_json(directory / "config.json")
+    return directory if meta is not None and meta.get("model_type") == "moellama" else None
+
+
+def spec_kind(spec: str | Path) -> str:
+    """``"multitoken"``, ``"mot"``, ``"moellama"`` or ``"hf"`` (an expert spec) for a model spec."""
+    if is_multitoken_checkpoint(spec):
+        return "multitoken"
+    if is_mot_checkpoint(spec):
+        return "mot"
+    if moellama_model_dir(spec) is not None:
+        return "moellama"
+    return "hf"
+
+
+def _torch_dtype(dtype: Any):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise UsageError(f"dtype {dtype!r}: expected float32, bfloat16 or float16")
+    return value
+
+
+def moellama_generator(model: Any, tokenizer: Any, name: str) -> Any:
+    """moellama's own sampler, with the server extensions it does not define itself (yet)."""
+    from mot.moellama.generate import MoeLlamaGenerator, format_prompt
+
+    generator = MoeLlamaGenerator(model, tokenizer, name=name)
+    if not hasattr(generator, "context_length"):
+        generator.context_length = int(generator.model.cfg.max_seq_len)
+    if not hasattr(generator, "count_tokens"):
+        generator.count_tokens = lambda prompt: len(tokenizer.encode(format_prompt(prompt), add_special_tokens=False))
+    return generator
+
+
+def _default_hf(model: Any, tokenizer: Any, name: str) -> Any:
+    from mot.generation.hf import HFTextGenerator
+
+    return HFTextGenerator(model, tokenizer, name)
+
+
+def load_generators(name: str, spec: str, *, multitoken: dict[str, int] | None = None,
+                    hf: HFFactory | None = None, **load_kwargs: Any) -> list[LoadedGenerator]:
+    """The generators ``spec`` gives under ``name`` (see the module docstring): two for a MoT checkpoint
+    (``name:fast``, ``name:full``), one otherwise.
+
+    ``multitoken``: decoding options for multi-token checkpoints, ``lookup`` (default
+    :data:`MULTITOKEN_LOOKUP`) and ``tree`` (default :data:`MULTITOKEN_TREE`).  ``hf``: how to wrap an expert
+    ``(model, tokenizer, name)`` (default: ``mot.generation.hf.HFTextGenerator``).  ``load_kwargs``
+    (``device``, ``dtype``, ...) go to the loaders."""
+    path = Path(spec).expanduser()
+    kind = spec_kind(spec)
+    if kind == "multitoken":
+        from mot.multitoken import MultiTokenGenerator, load_multitoken
+
+        options = {"lookup": MULTITOKEN_LOOKUP, "tree": MULTITOKEN_TREE, **(multitoken or {})}
+        if options["lookup"] < 0 or options["tree"] < 0:
+            raise UsageError(f"multi-token lookup and tree must be >= 0 (0: off), got {options}")
+        model = load_multitoken(path, backbone_device=load_kwargs.get("device") or "cpu")
+        generator = MultiTokenGenerator(model, name=name, lookup=options["lookup"], tree=options["tree"])
+        return [LoadedGenerator(name, generator, "multitoken")]
+    if kind == "mot":
+        mot = load_mot(path, **load_kwargs)
+        return [LoadedGenerator(f"{name}:{mode}", mot.as_text_generator(mode, name=f"{name}:{mode}"), "mot")
+                for mode in MODES]
+    if kind == "moellama":
+        from mot.moellama.checkpoint import load_model
+
+        model, tokenizer, _ = load_model(path, device=load_kwargs.get("device"),
+                                         dtype=_torch_dtype(load_kwargs.get("dtype")))
+        return [LoadedGenerator(name, moellama_generator(model, tokenizer, name), "moellama")]
+    from mot.experts.resolve import resolve_expert
+
+    model, tokenizer = resolve_expert(spec, **load_kwargs)
+    return [LoadedGenerator(name, (hf or _default_hf)(model, tokenizer, name), "hf")]
+
+
+def load_mot(path: str | Path, **load_kwargs: Any) -> Any:
+    """A Mixture-of-Thoughts checkpoint over the experts recorded in its ``config.json`` (``load_kwargs``:
+    ``device``, ``dtype``, ... for them)."""
+    from mot.thoughts import MixtureOfThoughts
+
+    path = Path(path).expanduser()
+    specs = [record["spec"] for record in (_read_json(path / "config.json") or {}).get("experts", [])]
+    return MixtureOfThoughts.from_pretrained(path, specs, **load_kwargs)
+
+
+def load_generator(spec: str, *, name: str | None = None, mode: str = "fast", **options: Any) -> Any:
+    """One ``TextGenerator`` named ``name`` (default: the spec) for ``spec``; a MoT checkpoint gives the one
+    in ``mode``.  ``options``: see :func:`load_generators`."""
+    name = name or spec
+    if spec_kind(spec) == "mot":
+        if mode not in MODES:
+            raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        load_kwargs = {k: v for k, v in options.items() if k not in ("multitoken", "hf")}
+        return load_mot(spec, **load_kwargs).as_text_generator(mode, name=name)
+    return load_generators(name, spec, **options)[0].generator

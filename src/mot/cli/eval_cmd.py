@@ -27,42 +27,24 @@ def parse_model_arg(arg: str) -> tuple[str, str]:
     return arg, arg
 
 
-def is_mot_checkpoint(spec: str | Path) -> bool:
-    """True for a directory written by ``MixtureOfThoughts.save_pretrained``."""
-    config = Path(spec).expanduser() / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("format") == "mot-thoughts"
-    except (json.JSONDecodeError, AttributeError, OSError):
-        return False
-
-
 def load_eval_model(spec: str, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                     chat_template: bool = False, name: str | None = None, mot_mode: str = "fast"):
-    """A model for evaluation from a spec.
+    """A model for evaluation from a spec, opened by ``mot.loading.load_generator`` like every other spec.
 
     A Mixture-of-Thoughts checkpoint directory gives a ``MoTTextGenerator`` in ``mot_mode``
     (``fast``: route once, the primary expert generates; ``full``: expert interaction at every token)
-    over the experts recorded in its ``config.json``; it generates but has no ``loglikelihood``, so
-    multiple-choice benchmarks refuse it.  Any other spec resolves to an expert (an HF causal LM)
-    through ``mot.experts.resolve.resolve_expert`` and is wrapped as
-    :class:`~mot.evaluation.hf_model.HFModel`.  Other model kinds (moellama, multi-token) plug in here
-    by returning their ``TextGenerator`` (and a ``loglikelihood`` method for multiple choice)."""
-    if is_mot_checkpoint(spec):
-        from mot.thoughts import MixtureOfThoughts
-        from mot.thoughts.io import read_config
+    over the experts recorded in its ``config.json``; moellama and multi-token checkpoints give their
+    own generators.  These generate but have no ``loglikelihood``, so multiple-choice benchmarks refuse
+    them.  Any other spec resolves to an expert (an HF causal LM) through
+    ``mot.experts.resolve.resolve_expert`` and is wrapped as :class:`~mot.evaluation.hf_model.HFModel`."""
+    from mot.loading import load_generator
 
-        path = Path(spec).expanduser()
-        specs = [record["spec"] for record in read_config(path)["experts"]]
-        mot = MixtureOfThoughts.from_pretrained(path, specs, dtype=dtype, device=device)
-        return mot.as_text_generator(mot_mode, name=name or spec)
+    def hf_model(model, tokenizer, label):
+        from mot.evaluation.hf_model import HFModel
 
-    from mot.evaluation.hf_model import HFModel
-    from mot.experts.resolve import resolve_expert
+        return HFModel(model, tokenizer, name=label, batch_size=batch_size, use_chat_template=chat_template)
 
-    model, tokenizer = resolve_expert(spec, dtype=dtype, device=device)
-    return HFModel(model, tokenizer, name=name or spec, batch_size=batch_size, use_chat_template=chat_template)
+    return load_generator(spec, name=name or spec, mode=mot_mode, hf=hf_model, device=device, dtype=dtype)
 
 
 @app.command("run")
@@ -410,6 +392,7 @@ def _babeltower_generate(pairs, checkpoint_path: str, *, split: str, max_new_tok
                          prompt_template: str, batch_size: int, device: str, dtype: str, progress: bool):
     from mot.evaluation.babeltower import evaluate_babeltower
     from mot.generation import GenerationParams
+    from mot.loading import is_mot_checkpoint
 
     is_mot = is_mot_checkpoint(checkpoint_path)
     if use_mot_generate and not is_mot:

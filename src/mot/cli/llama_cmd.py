@@ -84,17 +84,14 @@ def train(
 ) -> None:
     """Train moellama (tokenizer, token cache, model) on the config's dataset."""
     from mot.log import setup_logging
-    from mot.training import launch_torchrun, under_torchrun
+    from mot.training import mot_argv, relaunch
 
     cfg = load_file_config(config, overrides)  # a bad config fails here, before any process starts
     if nproc is None and gpus is None and len(cfg.device.gpu_ids) > 1 and cfg.device.type in ("auto", "cuda"):
         gpus = ",".join(str(g) for g in cfg.device.gpu_ids)  # device.gpu_ids with several GPUs means DDP
-    if (nproc is not None or gpus is not None) and not under_torchrun():
-        argv = ["-m", "mot", "llama", "train"] + (["--config", str(config)] if config else [])
-        for item in overrides:
-            argv += ["--set", item]
-        argv += (["--resume", resume] if resume else []) + ([] if progress else ["--no-progress"])
-        code = launch_torchrun(nproc, argv, gpus=gpus)
+    code = relaunch(nproc, gpus, mot_argv(["llama", "train"], ("--config", config), ("--set", overrides),
+                                          ("--resume", resume or None), ("--no-progress", not progress)))
+    if code is not None:
         if code:
             raise typer.Exit(code)
         return
@@ -182,7 +179,7 @@ def chat(
     overrides: list[str] = _SET_OPT,
 ) -> None:
     """Chat in the terminal: streamed replies, `params`, `exit`; Ctrl+C stops the current reply."""
-    from mot.moellama.chat import ChatSession
+    from mot.chat import ChatSession
     from mot.moellama.checkpoint import load_model
     from mot.moellama.generate import MoeLlamaGenerator
 
@@ -191,7 +188,9 @@ def chat(
     path = _model_path(model_path, cfg)
     typer.echo(f"loading {path} ...", err=True)
     model, tokenizer, directory = load_model(path, device=_device(cfg))
-    ChatSession(MoeLlamaGenerator(model, tokenizer, name=str(directory)), params, verbose=verbose).loop()
+    typer.echo(f"chatting with {directory}; type 'help' for commands, 'exit' to leave.")
+    ChatSession(MoeLlamaGenerator(model, tokenizer, name=str(directory)), params, verbose=verbose,
+                transcript=True, label="moellama> ").loop()
 
 
 # --------------------------------------------------------------------------------------------- evaluate

@@ -10,7 +10,6 @@ the run writes (``<output_dir>/<experiment_name>/step-*``, ``best/``) loads with
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -20,42 +19,13 @@ from mot.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Mixture of Thoughts: train, generate, route, translate.")
 
-logger = logging.getLogger("mot.thoughts")
-
-
-def load_run_config(path: Path, overrides: list[str]):
-    from mot.config import load_config
-    from mot.thoughts.run_config import MoTRunConfig, resolve_paths
-
-    return resolve_paths(load_config(path, MoTRunConfig, overrides), Path(path).resolve().parent)
-
-
-def build_model(config, device: str = "cpu"):
-    """The ``MixtureOfThoughts`` a run config describes (experts resolved, router untrained).
-
-    The trainable parts are initialised from ``training.seed`` alone, so every DDP rank (and every
-    fresh run of the same config) starts from the same weights."""
-    from mot.experts.resolve import resolve_expert
-    from mot.thoughts import MixtureOfThoughts
-
-    experts = [resolve_expert(e.spec, dtype=e.dtype, device=e.device or device, quantization=e.quantization)
-               for e in config.expert_models]
-    return MixtureOfThoughts([m for m, _ in experts], [t for _, t in experts], config.mot_config,
-                             expert_specs=[e.spec for e in config.expert_models], seed=config.training.seed)
-
 
 def _worker_argv(config: Path, overrides: list[str], resume: str | None, wandb_mode: str | None,
                  output_dir: Path | None) -> list[str]:
-    argv = ["-m", "mot", "thoughts", "train", "-c", str(config)]
-    for item in overrides:
-        argv += ["--set", item]
-    if resume is not None:
-        argv += ["--resume", resume]
-    if wandb_mode is not None:
-        argv += ["--wandb-mode", wandb_mode]
-    if output_dir is not None:
-        argv += ["--output-dir", str(output_dir)]
-    return argv
+    from mot.training import mot_argv
+
+    return mot_argv(["thoughts", "train", "-c", str(config)], ("--set", overrides), ("--resume", resume),
+                    ("--wandb-mode", wandb_mode), ("--output-dir", output_dir))
 
 
 @app.command("train")
@@ -69,10 +39,11 @@ def train(
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Overrides output_dir of the config."),
 ) -> None:
     """Train the router and interaction layers over frozen experts."""
-    from mot.training import launch_torchrun, under_torchrun
+    from mot.thoughts.run import load_run_config, run_training
+    from mot.training import relaunch
 
-    if (nproc is not None or gpus is not None) and not under_torchrun():
-        code = launch_torchrun(nproc, _worker_argv(config, overrides, resume, wandb_mode, output_dir), gpus=gpus)
+    code = relaunch(nproc, gpus, _worker_argv(config, overrides, resume, wandb_mode, output_dir))
+    if code is not None:
         if code != 0:
             raise typer.Exit(code)
         return
@@ -88,68 +59,7 @@ def train(
                       if result.best_metric is not None else ""))
 
 
-def run_training(cfg, resume: str | None = None):
-    """Train as the run config says; returns the ``TrainResult`` (on every rank)."""
-    import torch
-
-    from mot.config import save_config
-    from mot.thoughts.data import PairDataset, load_splits
-    from mot.thoughts.training import MoTTrainTask
-    from mot.training import Trainer
-    from mot.training.distributed import barrier, init_distributed, shutdown
-
-    # data first: a missing or malformed file is reported before minutes of model loading
-    train_pairs, val_pairs, test_pairs = load_splits(cfg.data)
-    env = init_distributed(cfg.training.device)
-    try:
-        device = str(env.device)
-        model = build_model(cfg, device=device)
-        run_dir = cfg.run_dir()
-        cache = None
-        if cfg.peer_cache.enabled:
-            from mot.thoughts.peer_cache import PeerStateCache
-
-            directory = Path(cfg.peer_cache.directory) if cfg.peer_cache.directory else Path(cfg.output_dir) / "peer_cache"
-            if env.is_main:
-                cache = PeerStateCache(directory, model, cfg.peer_cache.dtype)
-                todo = cache.missing(train_pairs + val_pairs)
-                if todo:
-                    logger.warning("precomputing %d peer state(s) into %s", todo, directory)
-                    with torch.no_grad():
-                        cache.build(train_pairs + val_pairs, batch_size=cfg.training.batch_size)
-            barrier(env)
-            if cache is None:
-                cache = PeerStateCache(directory, model, cfg.peer_cache.dtype)
-        task = MoTTrainTask(model, peer_cache=cache, generation_samples=cfg.evaluation.generation_samples,
-                            max_new_tokens=cfg.evaluation.max_new_tokens, generation_mode=cfg.evaluation.mode)
-        per_epoch = max(1, len(train_pairs) // (cfg.training.batch_size * env.world_size))
-        steps = cfg.training.max_steps or max(1, int(round((cfg.training.num_epochs or 1.0) * per_epoch
-                                                          / cfg.training.gradient_accumulation_steps)))
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "run_config.json")
-            (run_dir / "splits.json").write_text(json.dumps(
-                {"train": len(train_pairs), "val": len(val_pairs), "test": len(test_pairs),
-                 "test_ids": [p.id for p in test_pairs]}, indent=1) + "\n")
-        trainer = Trainer(task, cfg.training.engine_config(steps), PairDataset(train_pairs),
-                          PairDataset(val_pairs) if val_pairs else None, run_dir=run_dir,
-                          run_config=cfg.model_dump(mode="json"))
-        return trainer.fit(resume=resume)
-    finally:
-        shutdown(env)
-
-
 # -------------------------------------------------------------------------------------- inference
-
-
-def load_checkpoint_model(checkpoint: Path, experts: list[str] | None, device: str = "cpu", dtype: str = "float32"):
-    """A trained MoT from a checkpoint directory; experts default to the specs recorded in it."""
-    from mot.thoughts import MixtureOfThoughts
-    from mot.thoughts.io import read_config
-
-    meta = read_config(checkpoint)
-    specs = experts or [record["spec"] for record in meta["experts"]]
-    return MixtureOfThoughts.from_pretrained(checkpoint, specs, dtype=dtype, device=device)
 
 
 _CHECKPOINT = typer.Option(..., "--checkpoint", "-k", help="Checkpoint directory (a run's step-*/best or save_pretrained).")
@@ -174,6 +84,7 @@ def generate(
     import sys
 
     from mot.generation import GenerationParams
+    from mot.thoughts.run import load_checkpoint_model
 
     if mode not in ("fast", "full"):
         raise UsageError(f"--mode must be fast or full, got {mode!r}")
@@ -196,6 +107,8 @@ def route(
     experts: list[str] | None = _EXPERTS,
 ) -> None:
     """Print the router's decision for a text as JSON (deterministic: eval mode, no noise)."""
+    from mot.thoughts.run import load_checkpoint_model
+
     model = load_checkpoint_model(checkpoint, experts)
     typer.echo(json.dumps(model.get_routing_info(text), indent=2))
 
@@ -212,6 +125,8 @@ def translate(
     top_p: float = typer.Option(1.0, "--top-p"),
 ) -> None:
     """Translate code (C++ -> CUDA by default) and say which expert was primary."""
+    from mot.thoughts.run import load_checkpoint_model
+
     if source.startswith("@"):
         path = Path(source[1:])
         if not path.is_file():

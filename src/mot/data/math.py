@@ -66,11 +66,9 @@ def load_prealgebra(path: str | Path | None, split: str = "test", limit: int | N
     directory or one file; files are read in numeric order of their names.  With ``path=None``: the
     hub dataset ``EleutherAI/hendrycks_math`` (config ``prealgebra``).
     """
-    from mot.evaluation.scoring import last_boxed_content
-
     if path is None:
         rows = load_hub_dataset("prealgebra", "EleutherAI/hendrycks_math", "prealgebra", split)
-        return take((_math_item(str(i), r, "hub:EleutherAI/hendrycks_math", last_boxed_content)
+        return take((_math_item(str(i), r, "hub:EleutherAI/hendrycks_math")
                      for i, r in enumerate(rows)), limit)
     files = find_files(path, ["prealgebra/*.json", f"{split}/prealgebra/*.json", "*.json"],
                        "MATH prealgebra/*.json files")
@@ -81,12 +79,33 @@ def load_prealgebra(path: str | Path | None, split: str = "test", limit: int | N
             rec = read_json(file)
             if not isinstance(rec, dict):
                 raise data_error(file, 1, f"expected one JSON object {MATH_FORMAT}, got {type(rec).__name__}")
-            yield _math_item(file.stem, rec, file, last_boxed_content)
+            yield _math_item(file.stem, rec, file)
 
     return take(rows(), limit)
 
 
-def _math_item(stem: str, rec: dict, file, last_boxed_content) -> GenerativeItem:
+def last_boxed_content(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` (balanced braces) or ``\\boxed x``; None if absent."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+    if text.startswith(" ", i):  # "\boxed 5": up to the next "$" or the end
+        return text[i:].split("$", 1)[0].strip() or None
+    if not text.startswith("{", i):
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1:j]
+    return None  # unbalanced
+
+
+def _math_item(stem: str, rec: dict, file) -> GenerativeItem:
     require(rec, ["problem", "solution"], file, None, MATH_FORMAT)
     solution = require_str(rec, "solution", file, None)
     answer = last_boxed_content(solution)

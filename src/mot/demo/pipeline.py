@@ -36,6 +36,7 @@ from mot.demo.report import plot_confusion, plot_domain_bars, plot_loss_curve, p
 from mot.demo.scoring import cached_features, expert_nll, fit_router, mot_nll, route
 from mot.demo.settings import DOMAINS, DemoSettings
 from mot.errors import UsageError
+from mot.io import write_json
 
 logger = logging.getLogger("mot.demo")
 
@@ -49,9 +50,7 @@ def _cpu_seconds() -> float:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1)
 
 
 def _read_json(path: Path) -> Any:

@@ -28,8 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mot.data.items import TranslationPair
-from mot.generation import GenerationParams
-from mot.thoughts.generation import template_stops
+from mot.generation import GenerationParams, template_stops
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",

@@ -54,6 +54,7 @@ from mot.errors import DataError, UsageError
 from mot.evaluation.passk import pass_at_k
 from mot.evaluation.sandbox import run_sandboxed
 from mot.generation import GenerationParams
+from mot.io import write_json as atomic_write_json
 
 __all__ = [
     "RUNNABLE_MODELS",
@@ -149,18 +150,7 @@ def generate_pareval(model, prompts: Sequence[ParEvalPrompt], *, num_samples: in
 
 def write_json(data, path: str | Path) -> Path:
     """Write ``data`` as indented JSON through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_json(path, data, indent=2, mode=None)  # mode: owner-only, as before
 
 
 _OUTPUT_KEYS = ("name", "problem_type", "language", "parallelism_model", "prompt", "outputs")

@@ -30,6 +30,7 @@ from mot.data import benchmark_spec
 from mot.errors import UsageError
 from mot.evaluation import scoring
 from mot.generation import GenerationParams
+from mot.io import write_json
 
 PRIMARY_METRIC = {"multiple_choice": "acc", "gsm8k": "exact_match", "math": "exact_match", "qa": "exact_match",
                   "code": "pass@1"}
@@ -71,9 +72,7 @@ def read_partial(path: Path) -> dict[str, dict]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, obj, indent=2, ensure_ascii=False)
 
 
 def _check_capability(task: str, name: str, model) -> None:

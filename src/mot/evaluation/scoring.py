@@ -35,6 +35,7 @@ from fractions import Fraction
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from mot.data.items import CodeItem, GenerativeItem, MultipleChoiceItem
+from mot.data.math import last_boxed_content
 from mot.errors import MotError
 
 
@@ -154,27 +155,6 @@ def extract_gsm8k_answer(text: str) -> str | None:
 
 
 # ------------------------------------------------------------------ MATH
-
-def last_boxed_content(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` (balanced braces) or ``\\boxed x``; None if absent."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
-    if text.startswith(" ", i):  # "\boxed 5": up to the next "$" or the end
-        return text[i:].split("$", 1)[0].strip() or None
-    if not text.startswith("{", i):
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j]
-    return None  # unbalanced
-
 
 def _braced(text: str) -> tuple[str, str] | None:
     """``("x", rest)`` for ``text == "{x}" + rest`` with balanced braces, else None."""

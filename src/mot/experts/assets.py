@@ -25,17 +25,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mot.errors import ModelNotFoundError, MotError, UsageError
+from mot.io import FILE_MODE, atomic_directory, atomic_file
 
 CONVERSION_MARKER = "mot_conversion.json"
-_UMASK = os.umask(0)  # read once at import: os.umask can only be read by setting it (racy in threads)
-os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -255,33 +251,9 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def atomic_path(target: Path, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
-
-    If another process finished the same target first, its result is kept and ours discarded.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".tmp-{target.name}-{os.getpid()}-"
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~_UMASK)  # mkdtemp/mkstemp make them private
-    try:
-        yield tmp
-        try:
-            os.replace(tmp, target) if not directory else os.rename(tmp, target)
-        except OSError:
-            if not (directory and target.is_dir()):
-                raise
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+def _temp_prefix(target: Path) -> str:
+    """Temporaries beside ``target`` are ``.tmp-NAME-PID-XXXXXXXX``: remove_stale_temporaries reads the PID."""
+    return f".tmp-{target.name}-{os.getpid()}-"
 
 
 def remove_stale_temporaries(parent: Path) -> None:
@@ -319,7 +291,7 @@ def asset_gguf_path(asset: GGUFAsset, cache_dir: Path | None = None) -> Path:
         verify_file(target, asset.sha256, asset.size, cache, label=asset.hub_id)
         return target
     remove_stale_temporaries(target.parent)
-    with atomic_path(target) as tmp:
+    with atomic_file(target, prefix=_temp_prefix(target), suffix="") as tmp:
         digest = hashlib.sha256()
         with open(tmp, "wb") as out:
             for part in parts:
@@ -373,7 +345,7 @@ def _record_sha256(cache: Path, path: Path, digest: str, stat: os.stat_result) -
     path = Path(path).resolve()
     entry = _index_entry(cache, path, stat)
     try:
-        with atomic_path(entry) as tmp:
+        with atomic_file(entry, prefix=_temp_prefix(entry), suffix="") as tmp:
             tmp.write_text(json.dumps({"path": str(path), "size": stat.st_size,
                                        "mtime_ns": stat.st_mtime_ns, "sha256": digest}))
     except OSError:
@@ -435,11 +407,12 @@ def convert_gguf(gguf: Path, out_dir: Path, *, sha256: str | None = None) -> Pat
         raise MotError(f"converting {gguf} changed the model's logits (transformers "
                        f"{transformers.__version__}); load it with gguf_file= instead")
     del loaded
-    with atomic_path(out_dir, directory=True) as tmp:
+    # if another process finished the same conversion first, its result is kept and ours discarded
+    with atomic_directory(out_dir, temp_prefix=_temp_prefix(out_dir), keep_existing=True) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for file in tmp.iterdir():  # safetensors writes owner-only files; the cache may be shared
-            file.chmod(0o666 & ~_UMASK)
+            file.chmod(FILE_MODE)
         _write_marker(tmp, {"source": str(gguf.resolve()), "sha256": sha256,
                             "transformers": transformers.__version__})
     return out_dir

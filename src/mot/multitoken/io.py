@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mot.errors import CheckpointError
+from mot.io import atomic_directory
 from mot.multitoken.config import MultiTokenConfig
 from mot.multitoken.model import HeadStack, MultiTokenModel
 
@@ -99,23 +99,12 @@ def save_multitoken(model: MultiTokenModel, directory: str | Path, *, stage: str
     """Write a complete, self-contained checkpoint of ``model``'s heads and router to ``directory``."""
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(final, temp_name=f".tmp-{final.name}-{os.getpid()}",
+                          old_name=f".tmp-old-{final.name}-{os.getpid()}") as tmp:
         write_metadata(model, tmp, stage=stage, metrics=metrics, save_backbone=save_backbone)
         heads_state, router_state = _split_state(model.heads)
         save_file(heads_state, str(tmp / HEADS_FILE))
         save_file(router_state, str(tmp / ROUTER_FILE))
-        old = None
-        if final.exists():
-            old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

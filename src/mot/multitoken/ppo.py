@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mot.io import atomic_file
 from mot.multitoken.data import SequenceDataset, collate_sequences, read_tokens, step_targets
 from mot.multitoken.model import MultiTokenModel
 
@@ -112,11 +113,10 @@ def _sample(scores, token_logp, k_max, generator):
 
 
 def _save_state(path: Path, model: MultiTokenModel, optimizer, step: int, history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"heads": model.heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": torch.get_rng_state(), "history": [{k: float(v) for k, v in h.items()} for h in history]},
-               tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        torch.save({"heads": model.heads.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "rng": torch.get_rng_state(), "history": [{k: float(v) for k, v in h.items()} for h in history]},
+                   tmp)
 
 
 def train_ppo(model: MultiTokenModel, dataset: SequenceDataset, run_dir: str | Path, cfg: PPOConfig,

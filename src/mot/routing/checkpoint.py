@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mot.errors import UsageError
+from mot.io import atomic_directory
 from mot.routing.registry import ROUTERS, build_router, router_spec
 
 FORMAT = "mot-router"
@@ -38,21 +38,12 @@ def save_router(router: nn.Module, directory: str | os.PathLike, options: dict[s
 
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     config = {"format": FORMAT, "router": router_spec(router), "input_dim": int(router.input_dim),
               "num_experts": int(router.num_experts), "top_k": int(router.top_k), "options": options, **meta}
-    save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
-              str(tmp / "router.safetensors"))
-    (tmp / "router.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        import shutil
-
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    with atomic_directory(target, temp_prefix=f".{target.name}.", old_name=f".{target.name}.old") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
+                  str(tmp / "router.safetensors"))
+        (tmp / "router.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return target
 
 

@@ -12,17 +12,18 @@ generator has them (all duck-typed, none required):
 - stream pieces that are ``str`` subclasses with a ``tokens: int`` attribute (``mot.generation.Piece``)
   -- exact completion token counts; otherwise the completion is counted with the tokenizer.
 
-Specs given as ``NAME=SPEC`` on the command line resolve as follows:
+Specs given as ``NAME=SPEC`` on the command line are opened by ``mot.loading.load_generators`` (the one
+spec loader of the server, the chat and the evaluators):
 
+- a multi-token checkpoint -> verified multi-token decoding;
 - a Mixture-of-Thoughts checkpoint directory -> two virtual models, ``NAME:fast`` and ``NAME:full``;
-- a moellama directory (``config.json`` with ``model_type: moellama``) -> moellama's own sampler;
+- a moellama model, Trainer checkpoint (``step-*/``, ``best/``) or run directory -> moellama's own sampler;
 - anything else -> ``mot.experts.resolve.resolve_expert`` (local dir, ``.gguf``, packaged GGUF, hub id)
   served through :class:`mot.serve.hf_generator.HFGenerator`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,15 +33,11 @@ from typing import Any
 
 from mot.errors import UsageError
 from mot.generation import Message, TextGenerator
+from mot.loading import MULTITOKEN_LOOKUP, MULTITOKEN_TREE
+
+__all__ = ["MULTITOKEN_LOOKUP", "MULTITOKEN_TREE", "ModelEntry", "ModelRegistry", "parse_model_option"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-
-
-# Multi-token checkpoints are served verified (the backbone's own output, whatever the drafts), by default with
-# up to this many prompt-lookup drafts per pass and a draft tree of this many nodes (`mot serve
-# --multitoken-lookup/--multitoken-tree`): the fastest exact setting on the README's benchmark.
-MULTITOKEN_LOOKUP = 5
-MULTITOKEN_TREE = 3
 
 
 @dataclass
@@ -139,41 +136,19 @@ class ModelRegistry:
         """Load ``spec`` and register it under ``name`` (MoT checkpoints: ``name:fast`` and ``name:full``;
         multi-token checkpoints: verified decoding, exactly the backbone's output, with ``multitoken``'s
         ``lookup`` (default :data:`MULTITOKEN_LOOKUP`) and ``tree`` (default :data:`MULTITOKEN_TREE`))."""
-        path = Path(spec).expanduser()
-        if path.is_dir() and (path / "moe_meta.json").is_file():
-            from mot.multitoken import MultiTokenGenerator, load_multitoken
-
-            options = {"lookup": MULTITOKEN_LOOKUP, "tree": MULTITOKEN_TREE, **(multitoken or {})}
-            if options["lookup"] < 0 or options["tree"] < 0:
-                raise UsageError(f"multi-token lookup and tree must be >= 0 (0: off), got {options}")
-            model = load_multitoken(path, backbone_device=load_kwargs.get("device") or "cpu")
-            generator = MultiTokenGenerator(model, name=name, lookup=options["lookup"], tree=options["tree"])
-            return [self.register(name, generator, kind="multitoken")]
-        meta = _read_json(path / "config.json") if path.is_dir() else None
-        if meta is not None and meta.get("format") == "mot-thoughts":
-            return self._load_mot(name, path, **load_kwargs)
-        if meta is not None and meta.get("model_type") == "moellama":
-            import mot.moellama.hf  # noqa: F401 - registers the architecture with AutoModelForCausalLM
-            model, tokenizer = _resolve(spec, **load_kwargs)
-            return [self.register(name, _moellama_generator(model, tokenizer, name), kind="moellama")]
+        from mot.loading import load_generators
         from mot.serve.hf_generator import HFGenerator
 
-        model, tokenizer = _resolve(spec, **load_kwargs)
-        return [self.register(name, HFGenerator(model, tokenizer, name=name), kind="hf")]
+        loaded = load_generators(name, spec, multitoken=multitoken, hf=lambda m, t, n: HFGenerator(m, t, name=n),
+                                 **load_kwargs)
+        return [self.register(item.name, item.generator, kind=item.kind) for item in loaded]
 
     def register_mot(self, name: str, mot: Any) -> list[ModelEntry]:
         """Register a ``MixtureOfThoughts`` under one virtual name per generation mode (``NAME:fast``, ...)."""
-        from mot.thoughts.generation import MODES
+        from mot.loading import MODES
 
         return [self.register(f"{name}:{mode}", mot.as_text_generator(mode, name=f"{name}:{mode}"), kind="mot")
                 for mode in MODES]
-
-    def _load_mot(self, name: str, path: Path, **load_kwargs: Any) -> list[ModelEntry]:
-        from mot.thoughts import MixtureOfThoughts
-
-        meta = _read_json(path / "config.json") or {}
-        specs = [record["spec"] for record in meta.get("experts", [])]
-        return self.register_mot(name, MixtureOfThoughts.from_pretrained(path, specs, **load_kwargs))
 
 
 def parse_model_option(item: str) -> tuple[str, str]:
@@ -186,29 +161,3 @@ def parse_model_option(item: str) -> tuple[str, str]:
     if not name or not spec:
         raise UsageError(f"--model {item!r}: expected NAME=SPEC (e.g. --model tiny=./models/tiny)")
     return name, spec
-
-
-def _moellama_generator(model: Any, tokenizer: Any, name: str) -> TextGenerator:
-    """moellama's own sampler, with the server extensions it does not define itself (yet)."""
-    from mot.moellama.generate import MoeLlamaGenerator, format_prompt
-
-    generator = MoeLlamaGenerator(model, tokenizer, name=name)
-    if not hasattr(generator, "context_length"):
-        generator.context_length = int(generator.model.cfg.max_seq_len)
-    if not hasattr(generator, "count_tokens"):
-        generator.count_tokens = lambda prompt: len(tokenizer.encode(format_prompt(prompt), add_special_tokens=False))
-    return generator
-
-
-def _resolve(spec: str, **load_kwargs: Any):
-    from mot.experts.resolve import resolve_expert
-
-    return resolve_expert(spec, **load_kwargs)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -4,9 +4,16 @@ cross-expert attention under a character-offset causal mask, and KV-cached gener
 from mot.thoughts.alignment import TokenSpans, VisibilityRule, encode_pair, known_ends, visibility_mask
 from mot.thoughts.config import MoTConfig
 from mot.thoughts.features import HashingEncoder, PromptEncoder, SentenceEncoder, make_encoder
-from mot.thoughts.generation import DecodeStats, FullDecoder, MoTTextGenerator, recompute_next_logits
+from mot.thoughts.generation import (
+    DecodeStats,
+    FullDecoder,
+    MoTDecoder,
+    MoTTextGenerator,
+    recompute_next_logits,
+)
 from mot.thoughts.interaction import InteractionLayer
-from mot.thoughts.model import MixtureOfThoughts, MoTOutput, PeerStates, lm_loss, split_layers, training_loss
+from mot.thoughts.model import MixtureOfThoughts, MoTOutput, PeerStates, lm_loss, split_layers
+from mot.thoughts.training import training_loss
 
 __all__ = [
     "DecodeStats",
@@ -14,6 +21,7 @@ __all__ = [
     "HashingEncoder",
     "InteractionLayer",
     "MixtureOfThoughts",
+    "MoTDecoder",
     "MoTConfig",
     "MoTOutput",
     "MoTTextGenerator",

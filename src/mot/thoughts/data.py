@@ -25,19 +25,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
 from mot.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from mot.thoughts.run_config import DataConfig, DataSource
+from mot.thoughts.run_config import CPP_CUDA_TEMPLATE, QA_TEMPLATE, DataConfig, DataSource
 
 logger = logging.getLogger("mot.thoughts")
-
-CPP_CUDA_TEMPLATE = "### Translate C++ to CUDA:\n{source}\n### CUDA:\n"
-QA_TEMPLATE = "Question: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)

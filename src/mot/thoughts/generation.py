@@ -18,15 +18,22 @@ run sample by sample.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from mot.errors import UsageError
-from mot.generation import GenerationParams, Message, Piece, generate_in_thread
+from mot.generation import (
+    GenerationParams,
+    Message,
+    Piece,
+    StopCutter,
+    generate_in_thread,
+    sample_token,
+    template_stops,
+)
 from mot.thoughts.alignment import (
     VisibilityRule,
     common_prefix,
@@ -38,60 +45,13 @@ from mot.thoughts.alignment import (
     tokenise_segment,
     visibility_mask,
 )
+from mot.thoughts.states import DecodeStats, PeerStates, eos_ids, left_pad, pad_id
 
-if TYPE_CHECKING:
-    from mot.thoughts.model import MixtureOfThoughts
+# The decoder takes the model and never imports ``mot.thoughts.model`` (whose thin ``generate``,
+# ``stream``, ``translate`` and ``get_routing_info`` call ``MoTDecoder``): ``Model`` is a ``MixtureOfThoughts``.
+Model = Any
 
 MODES = ("fast", "full")
-
-
-# -- sampling and stop strings ------------------------------------------------------------------
-def sample_token(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:
-    """Pick the next token from ``logits [V]``: greedy, or temperature + top-k + top-p sampling."""
-    logits = logits.float()
-    if params.greedy:
-        return int(torch.argmax(logits))
-    logits = logits / params.temperature
-    if params.top_k > 0 and params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(ordered, dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p
-        drop = probs.cumsum(-1) - probs >= params.top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
-
-class StopCutter:
-    """Turns a growing text into stream pieces, never emitting a stop string or anything after it."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.emitted = 0
-        self.stopped = False
-
-    def feed(self, text: str, final: bool = False) -> str:
-        if self.stopped:
-            return ""
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            piece, self.emitted = text[self.emitted:cut], max(self.emitted, cut)
-            return piece
-        safe = len(text)
-        if not final:  # hold back a suffix that may grow into a stop string
-            for stop in self.stops:
-                for n in range(min(len(stop) - 1, len(text)), 0, -1):
-                    if text.endswith(stop[:n]):
-                        safe = min(safe, len(text) - n)
-                        break
-        piece = text[self.emitted:safe] if safe > self.emitted else ""
-        self.emitted = max(self.emitted, safe)
-        return piece
-
 
 
 def expert_context_length(model: Any) -> int | None:
@@ -124,17 +84,10 @@ class _Peer:
     synced: int = -1  # "stable": the cut whose tokenisation ``ids`` is (the peer's cache holds exactly it)
 
 
-@dataclass
-class DecodeStats:
-    peer_rollbacks: int = 0  # times a peer's cache was cropped because its tail tokenisation changed
-    primary_refeeds: int = 0  # times primary tokens were re-fed after a peer rollback
-    tail_retokenisations: int = 0
-
-
 class FullDecoder:
     """Incremental full-mode decoding of one prompt (see the module docstring)."""
 
-    def __init__(self, model: MixtureOfThoughts, prompt: str, experts: Sequence[int],
+    def __init__(self, model: Model, prompt: str, experts: Sequence[int],
                  weights: torch.Tensor) -> None:
         self.model = model
         self.prompt = prompt
@@ -270,8 +223,6 @@ class FullDecoder:
             per_stack = self._feed_peer(peer, peer.ids) if peer.ids else []
             if self.exact and peer.ids:
                 # the prompt's tokens read the peer's tokenisations of their cut prompts, as in the forward
-                from mot.thoughts.model import PeerStates
-
                 states = PeerStates(peer.expert, tokens, torch.tensor(peer.ends, dtype=torch.long), per_stack)
                 view = self.model.peer_views(self.prompt, "", torch.tensor(self.known, dtype=torch.long),
                                              [(peer.expert, peer.weight, states)])[0]
@@ -338,7 +289,7 @@ class FullDecoder:
         return self._feed_primary(start)
 
 
-def recompute_next_logits(model: MixtureOfThoughts, prompt: str, generated: Sequence[int],
+def recompute_next_logits(model: Model, prompt: str, generated: Sequence[int],
                           experts: Sequence[int], weights: torch.Tensor) -> torch.Tensor:
     """Next-token logits after ``prompt`` + the primary tokens ``generated``, recomputed from scratch
     (every expert re-tokenises and re-walks the whole text, no cache): the reference for full mode."""
@@ -362,7 +313,7 @@ def recompute_next_logits(model: MixtureOfThoughts, prompt: str, generated: Sequ
         return model._primary_pass(primary, [ids], [views])[0][-1]
 
 
-def stream_full(model: MixtureOfThoughts, prompt: str, params: GenerationParams, experts: Sequence[int],
+def stream_full(model: Model, prompt: str, params: GenerationParams, experts: Sequence[int],
                 weights: torch.Tensor, stats: DecodeStats | None = None) -> Iterator[Piece]:
     """Yield :class:`Piece` s as the primary's tokens are decoded.  Decoding happens between pieces, in
     the consumer's thread: closing the iterator stops it at once."""
@@ -403,13 +354,11 @@ def stream_full(model: MixtureOfThoughts, prompt: str, params: GenerationParams,
 
 
 # -- fast mode ------------------------------------------------------------------------------------
-def _eos(model: MixtureOfThoughts, expert: int) -> set[int]:
-    from mot.thoughts.model import eos_ids
-
+def _eos(model: Model, expert: int) -> set[int]:
     return eos_ids(model.adapters[expert])
 
 
-def _hf_kwargs(model: MixtureOfThoughts, expert: int, params: GenerationParams) -> dict:
+def _hf_kwargs(model: Model, expert: int, params: GenerationParams) -> dict:
     adapter = model.adapters[expert]
     tokenizer = adapter.tokenizer
     kwargs = {"max_new_tokens": params.max_new_tokens, "do_sample": not params.greedy,
@@ -426,11 +375,9 @@ def _hf_kwargs(model: MixtureOfThoughts, expert: int, params: GenerationParams) 
     return kwargs
 
 
-def generate_fast(model: MixtureOfThoughts, prompts: Sequence[str], params: GenerationParams,
+def generate_fast(model: Model, prompts: Sequence[str], params: GenerationParams,
                   primaries: Sequence[int]) -> list[str]:
     """Each group of prompts sharing a primary expert goes through that expert's HF ``generate()``."""
-    from mot.thoughts.model import _pad_id, left_pad
-
     results = [""] * len(prompts)
     groups: dict[int, list[int]] = {}
     for b, p in enumerate(primaries):
@@ -438,7 +385,7 @@ def generate_fast(model: MixtureOfThoughts, prompts: Sequence[str], params: Gene
     for expert, rows in groups.items():
         adapter = model.adapters[expert]
         tokenizer = adapter.tokenizer
-        ids, mask = left_pad([encode_pair(tokenizer, prompts[b]).input_ids for b in rows], _pad_id(tokenizer))
+        ids, mask = left_pad([encode_pair(tokenizer, prompts[b]).input_ids for b in rows], pad_id(tokenizer))
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -462,7 +409,7 @@ def _decoded(tokenizer: Any, ids: list[int], context: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).rstrip("\ufffd")
 
 
-def stream_fast(model: MixtureOfThoughts, prompt: str, params: GenerationParams, expert: int) -> Iterator[Piece]:
+def stream_fast(model: Model, prompt: str, params: GenerationParams, expert: int) -> Iterator[Piece]:
     """The primary's own HF ``generate()`` in a worker thread, one :class:`Piece` per decoded token.
     Closing the iterator (or a stop string) sets an event that a stopping criterion checks after every
     token, and waits for the thread: generation ends at most one token later."""
@@ -499,7 +446,7 @@ def stream_fast(model: MixtureOfThoughts, prompt: str, params: GenerationParams,
         steps.close()  # closed by the consumer, a stop string or an error: stop generate() now
 
 
-# -- the public surface on MixtureOfThoughts -------------------------------------------------------
+# -- the decoder: what MixtureOfThoughts.generate / stream / translate / get_routing_info call -------
 class _EvalMode:
     """Run the router and the interaction layers in eval mode (no dropout, no routing noise)."""
 
@@ -519,24 +466,18 @@ def _check_mode(mode: str) -> None:
         raise UsageError(f"generation mode must be 'fast' or 'full', got {mode!r}")
 
 
-def template_stops(template: str) -> list[str]:
-    """Stop markers of a prompt template: the leading marker of its lines (``"###"`` in the default)."""
-    markers: list[str] = []
-    for line in template.splitlines():
-        match = re.match(r"\s*([^\w\s{]+)", line)
-        if match and match.group(1) not in markers:
-            markers.append(match.group(1))
-    return markers
+class MoTDecoder:
+    """Generation, translation and routing info over a ``MixtureOfThoughts`` (composition: the model's
+    own ``generate``, ``stream``, ``translate`` and ``get_routing_info`` are thin calls into this)."""
 
-
-class GenerationMixin:
-    """Generation, translation and routing info of ``MixtureOfThoughts``."""
+    def __init__(self, model: Model) -> None:
+        self.model = model
 
     def get_routing_info(self, text: str) -> dict[str, Any]:
         """Deterministic routing of ``text`` (eval mode, no noise): names, weights and scores."""
-        with _EvalMode(self), torch.no_grad():
-            decision = self.route([text])
-        names = self.expert_specs
+        with _EvalMode(self.model), torch.no_grad():
+            decision = self.model.route([text])
+        names = self.model.expert_specs
         active = decision.indices[0].tolist()
         return {
             "primary_expert": names[active[0]],
@@ -556,11 +497,11 @@ class GenerationMixin:
         prompts = list(prompts)
         if not prompts:
             return []
-        with _EvalMode(self), torch.no_grad():
-            decision = self.route(prompts)
+        with _EvalMode(self.model), torch.no_grad():
+            decision = self.model.route(prompts)
             if mode == "fast":
-                return generate_fast(self, prompts, params, decision.primary.tolist())
-            return ["".join(stream_full(self, p, params, self.slot_experts(decision.indices[b].tolist()),
+                return generate_fast(self.model, prompts, params, decision.primary.tolist())
+            return ["".join(stream_full(self.model, p, params, self.model.slot_experts(decision.indices[b].tolist()),
                                         decision.weights[b], stats))
                     for b, p in enumerate(prompts)]
 
@@ -570,12 +511,12 @@ class GenerationMixin:
         primary's ``generate()`` stops after at most one more token, and ``close()`` waits for it)."""
         params = GenerationParams() if params is None else params
         _check_mode(mode)
-        with _EvalMode(self), torch.no_grad():
-            decision = self.route([prompt])
+        with _EvalMode(self.model), torch.no_grad():
+            decision = self.model.route([prompt])
             if mode == "fast":
-                yield from stream_fast(self, prompt, params, int(decision.primary[0]))
+                yield from stream_fast(self.model, prompt, params, int(decision.primary[0]))
             else:
-                yield from stream_full(self, prompt, params, self.slot_experts(decision.indices[0].tolist()),
+                yield from stream_full(self.model, prompt, params, self.model.slot_experts(decision.indices[0].tolist()),
                                        decision.weights[0])
 
     def translate(self, source_text: str, prompt_template: str = "### Translate C++ to CUDA:\n{source}\n### CUDA:\n",
@@ -586,11 +527,11 @@ class GenerationMixin:
         prompt = prompt_template.format(source=source_text)
         params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   stop=template_stops(prompt_template), seed=seed)
-        primary = self.get_routing_info(prompt)["primary_expert"]
-        return self.generate([prompt], params, mode=mode)[0].strip(), primary
+        primary = self.model.get_routing_info(prompt)["primary_expert"]
+        return self.model.generate([prompt], params, mode=mode)[0].strip(), primary
 
     def as_text_generator(self, mode: str = "fast", name: str = "mot") -> MoTTextGenerator:
-        return MoTTextGenerator(self, mode, name)
+        return MoTTextGenerator(self.model, mode, name)
 
 
 class MoTTextGenerator:

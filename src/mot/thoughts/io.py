@@ -13,13 +13,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mot.errors import CheckpointError
+from mot.io import atomic_directory
 
 FORMAT = "mot-thoughts"
 FORMAT_VERSION = 1
@@ -57,21 +57,12 @@ def save_pretrained(mot: Any, directory: str | os.PathLike) -> Path:
         "experts": [expert_record(m, a, s) for m, a, s in zip(mot.experts, mot.adapters, mot.expert_specs, strict=True)],
     }
     remove_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
+    # temporaries named as remove_stale_temporaries expects: .NAME.tmp-PID-XXXXXXXX and .NAME.old-PID
+    with atomic_directory(target, temp_prefix=f".{target.name}.tmp-{os.getpid()}-",
+                          old_name=f".{target.name}.old-{os.getpid()}") as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in mot.trainable_state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from mot.errors import UsageError
 from mot.experts import ExpertAdapter, adapter_for
+from mot.generation import GenerationParams
 from mot.routing import RoutingDecision, build_router, entropy_loss, load_balancing_loss
 from mot.thoughts.alignment import (
     TokenSpans,
@@ -36,26 +37,10 @@ from mot.thoughts.alignment import (
 )
 from mot.thoughts.config import MoTConfig
 from mot.thoughts.features import PromptEncoder, make_encoder
-from mot.thoughts.generation import GenerationMixin
 from mot.thoughts.interaction import InteractionLayer
-
-
-@dataclass
-class PeerStates:
-    """One sample as seen by one expert acting as a peer: frozen hidden states after every stack.
-
-    They depend on ``(prompt, completion)`` and the expert only, never on the router or the
-    primary, so a trainer may compute them once per sample and expert and pass them back in
-    (``MixtureOfThoughts.forward(..., peer_states=...)``).  Detached; may live on the CPU.
-    """
-
-    expert: int
-    tokens: TokenSpans
-    ends: torch.Tensor  # [T] how far into the text each token's state reaches
-    hidden: list[torch.Tensor]  # num_stacks x [T, H_expert]
-    # states of the cut texts whose tokenisation is not a prefix of ``tokens`` (``peer_visibility="stable"``):
-    # (prefix length, tail ids) -> num_stacks x [len(tail), H_expert]; filled as primaries need them
-    branches: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = field(default_factory=dict)
+from mot.thoughts.states import DecodeStats, PeerStates, left_pad
+from mot.thoughts.states import eos_ids as eos_ids  # re-exported: it lived here
+from mot.thoughts.states import pad_id as _pad_id
 
 
 @dataclass
@@ -85,7 +70,7 @@ class MoTOutput:
     eos_token_ids: list[int | None]
     has_completion: bool
     # weighted sum of aux_losses (``balance``, ``entropy``; config weights).  The consistency term needs
-    # two routing passes: see ``training_loss`` / ``mot.thoughts.training.mot_objective``.
+    # two routing passes: see ``mot.thoughts.training.mot_objective`` (``training_loss``).
     aux_loss: torch.Tensor = field(default=None)
 
 
@@ -106,39 +91,6 @@ def split_layers(num_layers: int, num_stacks: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
-
-
-def left_pad(rows: Sequence[torch.Tensor], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D ``rows`` left-padded: ``(ids [B, T], mask [B, T])``."""
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), pad_value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        if len(row):
-            ids[b, width - len(row):] = row
-            mask[b, width - len(row):] = 1
-    return ids, mask
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def eos_ids(adapter: ExpertAdapter) -> set[int]:
-    """Every end-of-sequence id of an expert (tokenizer and generation config)."""
-    ids: set[int] = set()
-    if adapter.tokenizer.eos_token_id is not None:
-        ids.add(int(adapter.tokenizer.eos_token_id))
-    gen = getattr(adapter.model, "generation_config", None)
-    value = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(value, int):
-        ids.add(value)
-    elif isinstance(value, list | tuple):
-        ids.update(int(v) for v in value)
-    return ids
 
 
 def _router_options(config: MoTConfig) -> dict[str, Any]:
@@ -168,7 +120,7 @@ def _seeded(seed: int | None) -> Iterator[None]:
         torch.set_rng_state(saved)
 
 
-class MixtureOfThoughts(GenerationMixin, nn.Module):
+class MixtureOfThoughts(nn.Module):
     """Frozen experts + a trainable prompt router and per-stack interaction layers.
 
     ``expert_models``/``tokenizers``: HF causal LMs and their tokenizers (any supported family,
@@ -290,6 +242,38 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
 
     def route(self, prompts: Sequence[str], features: torch.Tensor | None = None) -> RoutingDecision:
         return self.router(self.features(prompts) if features is None else features)
+
+    # -- generation: thin calls into the decoder (``mot.thoughts.generation.MoTDecoder``) -----------
+    def decoder(self) -> Any:
+        """This model's ``MoTDecoder``: generation, streaming, translation and routing info."""
+        from mot.thoughts.generation import MoTDecoder
+
+        return MoTDecoder(self)
+
+    def get_routing_info(self, text: str) -> dict[str, Any]:
+        """Deterministic routing of ``text`` (eval mode, no noise): names, weights and scores."""
+        return self.decoder().get_routing_info(text)
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams | None = None,
+                 mode: str = "fast", stats: DecodeStats | None = None) -> list[str]:
+        """Continue each prompt (``MoTDecoder.generate``: ``mode`` ``"fast"`` or ``"full"``)."""
+        return self.decoder().generate(prompts, params, mode, stats)
+
+    def stream(self, prompt: str, params: GenerationParams | None = None, mode: str = "fast") -> Iterator[str]:
+        """Yield the pieces of one continuation as they are produced (``MoTDecoder.stream``)."""
+        return self.decoder().stream(prompt, params, mode)
+
+    def translate(self, source_text: str, prompt_template: str = "### Translate C++ to CUDA:\n{source}\n### CUDA:\n",
+                  max_new_tokens: int = 512, temperature: float = 0.0, top_p: float = 1.0,
+                  mode: str = "fast", seed: int | None = None) -> tuple[str, str]:
+        """Translate with ``prompt_template``; returns ``(text, primary_expert_name)`` (``MoTDecoder.translate``)."""
+        return self.decoder().translate(source_text, prompt_template, max_new_tokens, temperature, top_p, mode, seed)
+
+    def as_text_generator(self, mode: str = "fast", name: str = "mot") -> Any:
+        """A ``MoTTextGenerator`` (``mot.generation.TextGenerator``) over this model in one mode."""
+        from mot.thoughts.generation import MoTTextGenerator
+
+        return MoTTextGenerator(self, mode, name)
 
     # -- peers ---------------------------------------------------------------------------------
     def peer_experts(self, active: Sequence[int]) -> list[int]:
@@ -546,18 +530,6 @@ class MixtureOfThoughts(GenerationMixin, nn.Module):
         primaries = [a[0] for a in indices]
         eos = [self.adapters[p].tokenizer.eos_token_id for p in primaries]
         return MoTOutput(logits, tokens, primaries, routing, aux, eos, has_completion, total)
-
-
-def training_loss(model: MixtureOfThoughts, prompts: Sequence[str], completions: Sequence[str],
-                  peer_states: Sequence[dict[int, PeerStates]] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The full training objective of one batch and its metrics (floats):
-    ``lm_loss + entropy_weight * entropy + balance_weight * balance + lambda_consistency * consistency``,
-    where ``consistency`` is the symmetric KL between the output distributions of two stochastic
-    routing passes (train mode) -- exactly what ``mot.thoughts.training.MoTTrainTask.loss`` computes."""
-    from mot.thoughts.training import mot_objective
-
-    total, metrics, _, _ = mot_objective(model, prompts, completions, peer_states=peer_states)
-    return total, metrics
 
 
 def _check_nonempty(tokens: Sequence[TokenSpans], expert: str) -> None:

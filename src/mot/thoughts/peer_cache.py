@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from mot.errors import CheckpointError
+from mot.io import write_json
 from mot.thoughts.alignment import TokenSpans, peer_ends
 from mot.thoughts.data import sample_key
 from mot.thoughts.model import MixtureOfThoughts, PeerStates
@@ -52,9 +53,7 @@ def _short_hash(*parts: Any) -> str:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    os.replace(tmp, path)
+    write_json(path, obj, indent=None, separators=(",", ":"), newline=False)
 
 
 def _append(path: Path, valid_bytes: int, array: np.ndarray) -> None:

@@ -26,8 +26,12 @@ from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from mot.config import ConfigModel
 from mot.thoughts.config import MoTConfig
-from mot.thoughts.data import CPP_CUDA_TEMPLATE, QA_TEMPLATE
 from mot.training import TrainingConfig
+
+# The default prompt templates of the ``cpp_cuda`` and ``qa`` sources (``DataSource.template``);
+# ``mot.thoughts.data`` formats the pairs with them.
+CPP_CUDA_TEMPLATE = "### Translate C++ to CUDA:\n{source}\n### CUDA:\n"
+QA_TEMPLATE = "Question: {question}\nAnswer:"
 
 
 class ExpertEntry(ConfigModel):

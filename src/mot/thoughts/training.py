@@ -163,6 +163,16 @@ def mot_objective(model: MixtureOfThoughts, prompts: Sequence[str], targets: Seq
     return total, metrics, routing, output
 
 
+def training_loss(model: MixtureOfThoughts, prompts: Sequence[str], completions: Sequence[str],
+                  peer_states: Sequence[dict[int, PeerStates]] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The full training objective of one batch and its metrics (floats):
+    ``lm_loss + entropy_weight * entropy + balance_weight * balance + lambda_consistency * consistency``,
+    where ``consistency`` is the symmetric KL between the output distributions of two stochastic
+    routing passes (train mode) -- exactly what ``MoTTrainTask.loss`` computes."""
+    total, metrics, _, _ = mot_objective(model, prompts, completions, peer_states=peer_states)
+    return total, metrics
+
+
 def _batch_fields(batch: Any) -> tuple[list[str], list[str]]:
     if isinstance(batch, dict):
         return list(batch["prompts"]), list(batch["targets"])

@@ -5,6 +5,8 @@ from mot.training.distributed import (
     DistEnv,
     init_distributed,
     launch_torchrun,
+    mot_argv,
+    relaunch,
     torchrun_command,
     under_torchrun,
 )
@@ -22,6 +24,8 @@ __all__ = [
     "build_scheduler",
     "init_distributed",
     "launch_torchrun",
+    "mot_argv",
+    "relaunch",
     "torchrun_command",
     "under_torchrun",
     "warmup_cosine_factor",

@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mot.errors import CheckpointError
+from mot.io import atomic_directory
 
 META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -56,19 +57,6 @@ def step_dir_name(step: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -92,18 +80,6 @@ def _write_trainer_state(path: Path, state: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and removed after."""
-    old = None
-    if final.exists():
-        old = final.parent / f"{TEMP_PREFIX}old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_checkpoint(
     final: Path,
     *,
@@ -115,22 +91,16 @@ def write_checkpoint(
 ) -> Path:
     """Write a complete checkpoint to ``final`` atomically (temp dir + rename)."""
     final = Path(final)
-    tmp = final.parent / f"{TEMP_PREFIX}{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    # the old checkpoint is moved aside to .tmp-old-* while the new one is renamed in: both names are
+    # .tmp-*, so clean_temp_dirs removes whatever a crash leaves
+    with atomic_directory(final, temp_name=f"{TEMP_PREFIX}{final.name}-{os.getpid()}",
+                          old_name=f"{TEMP_PREFIX}old-{final.name}-{os.getpid()}") as tmp:
         if save_artifacts is not None:
             save_artifacts(tmp)
         _write_weights(tmp / WEIGHTS_FILE, weights)
         _write_json(tmp / CONFIG_FILE, training_config)
         _write_trainer_state(tmp / STATE_FILE, trainer_state)
         _write_json(tmp / META_FILE, {"format": FORMAT_VERSION, **meta, "checksums": checksums(tmp)})
-        _fsync_dir(tmp)
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -164,6 +164,36 @@ def launch_torchrun(
 LAUNCH_OPTIONS = ("--nproc", "--gpus")
 
 
+def mot_argv(command: Sequence[str], *options: tuple[str, Any]) -> list[str]:
+    """What a worker runs: ``["-m", "mot", *command]`` plus each ``(flag, value)`` option.
+
+    A value of None or False leaves the flag out, True gives the bare flag, a list repeats the flag
+    once per item, anything else is ``[flag, str(value)]``."""
+    argv = ["-m", "mot", *command]
+    for flag, value in options:
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def relaunch(nproc: int | None, gpus: str | None, argv: Sequence[str]) -> int | None:
+    """Re-run a command under torchrun, one process per device, when ``--nproc``/``--gpus`` ask for it.
+
+    ``argv`` is what each worker runs (``mot_argv(...)``; the launcher's own options are stripped, so
+    the workers run as ranks instead of launching again).  Returns torchrun's exit code, or None where
+    this process runs the command itself: neither option given, or already a torchrun worker."""
+    if (nproc is None and gpus is None) or under_torchrun():
+        return None
+    return launch_torchrun(nproc, strip_launch_options(argv), gpus=gpus)
+
+
 def strip_launch_options(argv: Sequence[str], options: Sequence[str] = LAUNCH_OPTIONS) -> list[str]:
     """``argv`` without the launcher's own options (``--nproc 2``, ``--gpus=0,1``...), for the workers:
     ``["thoughts", "train", "-c", "c.json", "--nproc", "2"]`` -> ``["thoughts", "train", "-c", "c.json"]``."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mot.errors import MotError
+from mot.io import write_text
 
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"
@@ -45,13 +45,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
         return 0
     records = read_metrics(run_dir)
     kept = [r for r in records if int(r.get("step", 0)) <= last_step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in kept:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
     return len(records) - len(kept)
 
 
