@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import mot.thoughts.model as mot_model
-from mot.errors import UsageError
 from mot.generation import GenerationParams
 from mot.thoughts import FullDecoder, MoTConfig, encode_pair, recompute_next_logits
 from mot.thoughts.interaction import InteractionLayer
@@ -95,7 +94,9 @@ def test_recency_reads_the_latest_visible_peer_tokens_most():
 
 
 @pytest.mark.parametrize("options", [{"peer_stack": "last"}, {"peer_readout": "prediction"},
-                                     {"peer_visibility": "exact"}], ids=["last", "prediction", "exact"])
+                                     {"peer_visibility": "exact"}, {"interaction_position": "recency"},
+                                     {"peer_visibility": "exact", "interaction_position": "recency"}],
+                         ids=["last", "prediction", "exact", "recency", "exact-recency"])
 def test_full_generation_equals_recompute_with_the_option(make_mot, options):
     mot = make_mot(randomise=True, **options)
     experts, weights = [1, 0, 2], torch.tensor([0.5, 0.3, 0.2])
@@ -110,10 +111,24 @@ def test_full_generation_equals_recompute_with_the_option(make_mot, options):
         logits = decoder.advance()
 
 
-def test_recency_in_full_generation_is_a_clear_error(make_mot):
-    mot = make_mot(randomise=True, interaction_position="recency")
-    with pytest.raises(UsageError, match="interaction_position"):
-        mot.generate(["def f():"], GenerationParams(max_new_tokens=2), mode="full")
+@pytest.mark.parametrize("visibility", ["stable", "exact"])
+def test_recency_full_decoding_equals_the_forward_at_every_step(make_mot, visibility):
+    """The recency bias in the incremental decoder reads the same distances as the teacher-forced forward:
+    decoding the completion's own tokens gives the forward's logits at every step (training == decoding)."""
+    mot = make_mot(randomise=True, interaction_position="recency", peer_visibility=visibility)
+    experts, weights = [1, 0, 2], torch.tensor([0.5, 0.3, 0.2])
+    out = mot([PROMPT], [CODE], routing=fixed_routing([experts], weights=[weights.tolist()]))
+    tok = out.tokens[0]
+    tokens = tok.input_ids[tok.num_prompt_tokens:].tolist()
+    decoder = FullDecoder(mot, PROMPT, experts, weights)
+    steps = [decoder.prefill()]
+    for token in tokens[:-1]:
+        decoder.accept(token)
+        steps.append(decoder.advance())
+    first = tok.num_prompt_tokens - 1
+    torch.testing.assert_close(torch.stack(steps), out.logits[0][first:first + len(steps)], atol=1e-5, rtol=1e-5)
+    assert (out.logits[0][first:] - out.logits[0][first:].mean()).abs().max() > 0  # not a constant
+    assert mot.generate([PROMPT], GenerationParams(max_new_tokens=3), mode="full")
 
 
 def test_exact_visibility_reads_the_peers_own_tokenisation_of_the_cut_text_without_lag(make_mot):

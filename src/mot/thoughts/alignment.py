@@ -236,3 +236,11 @@ def visibility_mask(limits: torch.Tensor, ends: torch.Tensor, valid: torch.Tenso
     if valid is not None:
         allowed = allowed & valid.unsqueeze(-2).bool()
     return allowed
+
+
+def peer_distance(visible: torch.Tensor) -> torch.Tensor:
+    """``[Tp, Tk]`` how many of the peer tokens a primary token reads come after each one (0: the latest it
+    reads), from its visibility ``visible [Tp, Tk]`` whose columns are in text order for every row: the
+    interaction's ``recency`` position (a function of what the row may read, so it leaks nothing)."""
+    seen = visible.long()
+    return seen.flip(-1).cumsum(-1).flip(-1) - seen

@@ -42,6 +42,7 @@ from mot.thoughts.alignment import (
     encode_pair,
     known_ends,
     last_pretoken_start,
+    peer_distance,
     tokenise_segment,
     visibility_mask,
 )
@@ -193,7 +194,12 @@ class FullDecoder:
             return (torch.cat([keys[q] for keys, _ in banks], dim=2),
                     torch.cat([values[q] for _, values in banks], dim=2))
 
-        hidden = model._walk_primary(self.primary, self.state, chunk, None, peer_kv, allowed)
+        distance = None
+        if model.config.interaction_position != "none":
+            # each peer's columns are in text order, as in the forward's views: the same distances
+            distance = (torch.cat([peer_distance(m) for m in masks], dim=-1) if masks
+                        else torch.zeros(chunk.shape[1], 0, dtype=torch.long)).unsqueeze(0).to(adapter.device)
+        hidden = model._walk_primary(self.primary, self.state, chunk, None, peer_kv, allowed, None, distance)
         self.fed = len(self.ids)
         return adapter.logits(hidden[:, -1:])[0, -1]
 

@@ -31,6 +31,7 @@ from mot.thoughts.alignment import (
     cut_token_ids,
     encode_pair,
     known_ends,
+    peer_distance,
     peer_ends,
     plan_cuts,
     visibility_mask,
@@ -72,14 +73,6 @@ class MoTOutput:
     # weighted sum of aux_losses (``balance``, ``entropy``; config weights).  The consistency term needs
     # two routing passes: see ``mot.thoughts.training.mot_objective`` (``training_loss``).
     aux_loss: torch.Tensor = field(default=None)
-
-
-def peer_distance(visible: torch.Tensor) -> torch.Tensor:
-    """``[Tp, Tk]`` how many of the peer tokens a primary token reads come after each one (0: the latest it
-    reads), from its visibility ``visible [Tp, Tk]`` whose columns are in text order for every row: the
-    interaction's ``recency`` position (a function of what the row may read, so it leaks nothing)."""
-    seen = visible.long()
-    return seen.flip(-1).cumsum(-1).flip(-1) - seen
 
 
 def split_layers(num_layers: int, num_stacks: int) -> list[tuple[int, int]]:
@@ -333,9 +326,8 @@ class MixtureOfThoughts(nn.Module):
         KV cache, so a full-sequence pass is unchanged (the cache is unusable for decoding after)."""
         adapter = self.adapters[primary]
         if distance is None and allowed.shape[-1] and self.config.interaction_position != "none":
-            raise UsageError(f"interaction_position={self.config.interaction_position!r} is not supported by "
-                             "full-mode generation yet; generate with mode='fast' or train with "
-                             "interaction_position='none'")
+            raise ValueError(f"interaction_position={self.config.interaction_position!r} needs the peer "
+                             "distances (mot.thoughts.alignment.peer_distance of each visibility mask)")
         hidden = adapter.embed(ids, mask, state)
         for q, (start, stop) in enumerate(self.stacks[primary]):
             if q == 0 and first_stack is not None:
