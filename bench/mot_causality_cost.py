@@ -103,7 +103,7 @@ def peer_work(model, pairs) -> dict:
 
 
 def time_decoding(model, experts, new_tokens: int, rule: str) -> tuple[float, list[int], dict]:
-    from mot.thoughts import DecodeStats, FullDecoder
+    from mot.thoughts import FullDecoder, FullDecodeStats
 
     weights = torch.full((len(experts),), 1.0 / len(experts))
     context = old_rule() if rule == "old" else contextlib.nullcontext()
@@ -115,7 +115,7 @@ def time_decoding(model, experts, new_tokens: int, rule: str) -> tuple[float, li
             decoder.accept(int(torch.argmax(logits)))
             logits = decoder.advance()
         seconds = (time.perf_counter() - start) / new_tokens
-    stats: DecodeStats = decoder.stats
+    stats: FullDecodeStats = decoder.stats
     return seconds, decoder.generated, {"peer_rollbacks": stats.peer_rollbacks, "primary_refeeds": stats.primary_refeeds,
                                         "retokenisations": stats.tail_retokenisations}
 

@@ -15,6 +15,7 @@ This is a low layer: it imports nothing from ``mot``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,8 +30,8 @@ os.umask(UMASK)
 FILE_MODE = 0o666 & ~UMASK  # what open() would give a new file
 DIR_MODE = 0o777 & ~UMASK  # what mkdir() would give a new directory
 
-__all__ = ["DIR_MODE", "FILE_MODE", "atomic_directory", "atomic_file", "fsync_dir", "fsync_file",
-           "swap_directory", "write_bytes", "write_json", "write_text"]
+__all__ = ["DIR_MODE", "FILE_MODE", "atomic_directory", "atomic_file", "fsync_dir", "fsync_file", "pid_alive",
+           "sha256_file", "swap_directory", "write_bytes", "write_json", "write_text"]
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -51,6 +52,29 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file's content, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process ``pid`` may still be running (the clean-ups of temporaries ask it of the writer
+    named in a temporary's name).  This process counts as alive, and so does one that cannot be asked."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists (another user's: PermissionError) or cannot tell: keep its files
+    return True
 
 
 def _remove(path: Path) -> None:

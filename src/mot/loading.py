@@ -214,13 +214,14 @@ def _torch_dtype(dtype: Any):
 
 def moellama_generator(model: Any, tokenizer: Any, name: str) -> Any:
     """moellama's own sampler, with the server extensions it does not define itself (yet)."""
-    from mot.moellama.generate import MoeLlamaGenerator, format_prompt
+    from mot.generation.hf import format_chat
+    from mot.moellama.generate import MoeLlamaGenerator
 
     generator = MoeLlamaGenerator(model, tokenizer, name=name)
     if not hasattr(generator, "context_length"):
         generator.context_length = int(generator.model.cfg.max_seq_len)
     if not hasattr(generator, "count_tokens"):
-        generator.count_tokens = lambda prompt: len(tokenizer.encode(format_prompt(prompt), add_special_tokens=False))
+        generator.count_tokens = lambda prompt: len(tokenizer.encode(format_chat(tokenizer, prompt), add_special_tokens=False))
     return generator
 
 

@@ -68,7 +68,7 @@ def corpus_text(max_bytes: int = 1_500_000) -> str:
     return "".join(pieces)
 
 
-def train_tokenizer(vocab_size: int, out_dir: Path, text: str | None = None):
+def train_tiny_tokenizer(vocab_size: int, out_dir: Path, text: str | None = None):
     """Train a byte-level BPE on ``text`` and save it as an HF fast tokenizer in ``out_dir``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -113,7 +113,7 @@ def build_tiny_expert(family: str, out_dir: str | os.PathLike, seed: int = 0,
     if marker.exists() and marker.read_text() == recipe:
         return TinyExpert(family, out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(vocab, out, text)
+    tok = train_tiny_tokenizer(vocab, out, text)
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                "pad_token_id": tok.pad_token_id}
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "sliding_window"}

@@ -249,7 +249,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     stale.mkdir()
     mine = tmp_path / f".tmp-model-{os.getpid()}-abc"
     mine.mkdir()
-    assets.remove_stale_temporaries(tmp_path)
+    assets.remove_dead_temporaries(tmp_path)
     assert not stale.exists() and mine.exists()
 
 

@@ -12,9 +12,9 @@ from mot.moellama.config import MoeLlamaFileConfig
 from mot.moellama.evaluate import (
     EvalOptions,
     arithmetic_items,
+    evaluate_checkpoint,
     first_integer,
     letter_counting_items,
-    run_evaluation,
     score_tasks,
     task_prompt,
 )
@@ -77,7 +77,7 @@ def test_evaluate_measures_the_heldout_split_and_writes_a_report(model_dir, tmp_
     path, cfg, arc = model_dir
     options = EvalOptions(max_eval_windows=8, tasks_per_kind=3, prompts=["All:\n", "café"], max_new_tokens=6,
                           benchmarks=["arc_challenge"], benchmark_path=arc, benchmark_limit=3, batch_size=4)
-    report = run_evaluation(path, cfg, options, output=tmp_path / "out" / "report.md", device="cpu")
+    report = evaluate_checkpoint(path, cfg, options, output=tmp_path / "out" / "report.md", device="cpu")
     m = report.metrics
     assert math.isclose(m["perplexity"], math.exp(m["val_loss"]), rel_tol=1e-9)
     assert 4.0 < m["val_loss"] < 7.0  # an untrained 300-token model: about log(300) = 5.7

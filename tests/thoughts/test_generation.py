@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mot.generation import GenerationParams, TextGenerator
-from mot.thoughts import DecodeStats, FullDecoder, recompute_next_logits
+from mot.thoughts import FullDecoder, FullDecodeStats, recompute_next_logits
 from mot.thoughts.generation import StopCutter, sample_token, template_stops
 
 from .helpers import fixed_routing
@@ -66,7 +66,7 @@ def test_generate_full_matches_the_decoder_and_streams_the_same_text(make_mot, m
     mot = make_mot(randomise=True)
     _force(mot, monkeypatch, [[2, 1, 0]])
     params = GenerationParams(max_new_tokens=10)
-    stats = DecodeStats()
+    stats = FullDecodeStats()
     text = mot.generate([PROMPT], params, mode="full", stats=stats)[0]
     assert "".join(mot.stream(PROMPT, params, mode="full")) == text
     decoder = FullDecoder(mot, PROMPT, [2, 1, 0], fixed_routing([[2, 1, 0]]).weights[0])

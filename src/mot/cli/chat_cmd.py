@@ -1,6 +1,6 @@
 """``mot chat``: talk to one model in the terminal, replies streamed token by token.
 
-    mot chat --model SPEC [--system TEXT] [--temperature T] [--max-tokens N] [--top-k K] [--top-p P] [--verbose]
+    mot chat --model SPEC [--system TEXT] [--temperature T] [--max-new-tokens N] [--top-k K] [--top-p P] [--verbose]
 
 At the ``you>`` prompt: a message, or ``params`` (show settings), ``params temperature=0.2 max_tokens=64``
 (change them), ``reset`` (forget the conversation), ``help``, ``exit`` / ``quit`` (or Ctrl+D).
@@ -19,7 +19,7 @@ import sys
 import typer
 
 from mot.chat import ChatSession, ReplyStats
-from mot.errors import UsageError
+from mot.cli import options as opts
 
 __all__ = ["ChatSession", "chat"]
 
@@ -28,29 +28,24 @@ def chat(
     model: str = typer.Option(..., "--model", "-m", help="Model spec: local dir, .gguf, packaged GGUF alias, hub id, "
                               "or a MoT, multi-token or moellama checkpoint dir."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy."),
-    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="New tokens per reply at most."),
-    top_k: int = typer.Option(0, "--top-k", min=0, help="0 = off."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="1 = off."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
+    temperature: float = opts.temperature_option(0.7, min=0.0),
+    max_tokens: int = opts.max_new_tokens_option(256, "New tokens per reply at most.", min=1),
+    top_k: int = opts.top_k_option(0, min=0),
+    top_p: float = opts.top_p_option(1.0, min=0.0, max=1.0),
+    seed: int | None = opts.seed_option(),
     mode: str = typer.Option("fast", "--mode", help="MoT checkpoints: generation mode (fast|full)."),
     device: str = typer.Option("cpu", "--device", help="Device for the model."),
     dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="After each reply: tokens, time to first token, tokens/s."),
 ) -> None:
     """Chat with a model in the terminal (multi-turn, streaming)."""
-    from mot.generation import GenerationParams
     from mot.serve.registry import ModelRegistry
 
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:  # pragma: no cover - not on every platform
         pass
-    try:
-        params = GenerationParams(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, seed=seed)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    params = opts.generation_params(max_tokens, temperature, top_k, top_p, seed)
     typer.echo(f"loading {model} ...", err=True)
     entries = ModelRegistry().load("chat", model, device=device, dtype=dtype)
     entry = next((e for e in entries if e.name.endswith(f":{mode}")), entries[0])
@@ -71,4 +66,4 @@ def _print_stats(stats: ReplyStats) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.exit(typer.run(chat))
+    sys.exit(opts.run(chat))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mot.cli.options import MotCommand
 from mot.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True)
@@ -16,6 +17,7 @@ app = typer.Typer(no_args_is_help=True)
 CONFIG_KINDS: dict[str, str] = {
     "thoughts": "mot.thoughts.run_config:MoTRunConfig",
     "llama": "mot.moellama.config:MoeLlamaFileConfig",
+    "multitoken": "mot.multitoken.run_config:MultiTokenRunConfig",
 }
 
 
@@ -50,7 +52,7 @@ def detect_kind(data: dict) -> str:
                      ("|".join(sorted(CONFIG_KINDS)) or "KIND"))
 
 
-@app.command("check")
+@app.command("check", cls=MotCommand)
 def check(
     path: Path = typer.Argument(..., help="Config file (.json, .hocon or .conf)."),
     kind: str | None = typer.Option(None, "--kind", "-k", help="Config kind; detected from keys if omitted."),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from mot.cli import options as opts
+from mot.cli.options import MotCommand
 from mot.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Evaluate models on benchmarks.")
@@ -47,7 +49,7 @@ def load_eval_model(spec: str, *, device: str = "cpu", dtype: str = "float32", b
     return load_generator(spec, name=name or spec, mode=mot_mode, hf=hf_model, device=device, dtype=dtype)
 
 
-@app.command("run")
+@app.command("run", cls=MotCommand)
 def run(
     benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark name (see `mot eval benchmarks`)."),
     model: list[str] = typer.Option(..., "--model", "-m",
@@ -61,12 +63,12 @@ def run(
     first: bool = typer.Option(False, "--first", help="With --limit: the first N items in file order instead of a sample."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Run directory (default runs/eval/BENCHMARK)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Items per model call."),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Generation length for generative benchmarks."),
-    temperature: float | None = typer.Option(None, "--temperature",
-                                             help="Sampling temperature (default 0 = greedy; 0.8 when --num-samples > 1)."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling (only when sampling)."),
+    max_new_tokens: int = opts.max_new_tokens_option(512, "Generation length for generative benchmarks."),
+    temperature: float | None = opts.temperature_option(
+        None, "Sampling temperature (default 0 = greedy; 0.8 when --num-samples > 1)."),
+    top_p: float = opts.top_p_option(0.95, "Nucleus sampling (only when sampling)."),
     num_samples: int = typer.Option(1, "--num-samples", help="Completions per code task (pass@k needs k <= N)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    seed: int = opts.seed_option(0),
     mc_style: str | None = typer.Option(None, "--mc-style", help="Multiple-choice prompt: letters|text (default per benchmark)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per code test run."),
     device: str = typer.Option("cpu", "--device", help="Device for the models."),
@@ -80,11 +82,13 @@ def run(
     from mot.data import benchmark_spec, load_benchmark
     from mot.evaluation.report import print_table
     from mot.evaluation.runner import run_evaluation
-    from mot.generation import GenerationParams
 
     spec = benchmark_spec(benchmark)
     if mc_style is not None and mc_style not in ("letters", "text"):
         raise UsageError(f"--mc-style must be 'letters' or 'text', got {mc_style!r}")
+    if temperature is None:
+        temperature = 0.0 if num_samples == 1 else 0.8
+    params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, top_p_when_greedy=False)
     from mot.loading import ModelPool
 
     labels = [parse_model_arg(m) for m in model]
@@ -99,10 +103,6 @@ def run(
         where = f" from {len(subjects)} subjects" if subjects else ""
         how = "sampled" if len(items) == limit else "(all there are)"
         typer.echo(f"--limit {limit}: {len(items)} items {how}{where} (seed {limit_seed})", err=True)
-    if temperature is None:
-        temperature = 0.0 if num_samples == 1 else 0.8
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p if temperature > 0 else 1.0, seed=seed)
     pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size, chat_template=chat_template)
     models: dict = {}
     for label, s in labels:
@@ -118,7 +118,7 @@ def run(
     typer.echo(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
 
 
-@app.command("benchmarks")
+@app.command("benchmarks", cls=MotCommand)
 def benchmarks() -> None:
     """List the benchmarks and the task each is scored as."""
     from mot.data import BENCHMARKS
@@ -142,7 +142,7 @@ def _harness_limit(text: str | None) -> int | float | None:
     return int(value) if value >= 1 and value == int(value) else value
 
 
-@app.command("harness")
+@app.command("harness", cls=MotCommand)
 def harness(
     model: str = typer.Option(..., "--model", "-m", help="Model spec: an expert (hub id, local dir, .gguf, asset alias), "
                                                           "a Mixture-of-Thoughts checkpoint (CKPT or CKPT:full), a "
@@ -153,11 +153,11 @@ def harness(
     data: list[str] | None = typer.Option(None, "--data", help="Local benchmark files for mot's task files: NAME=PATH "
                                                                "(mmlu, cmmlu, gsm8k; repeatable) or a directory "
                                                                "holding mmlu/, cmmlu/, gsm8k/."),
-    include_path: list[Path] | None = typer.Option(None, "--include-path", "--include_path",
+    include_path: list[Path] | None = typer.Option(None, "--include-path",
                                                    help="More lm-eval task YAMLs (a directory; repeatable)."),
     limit: str | None = typer.Option(None, "--limit", help="lm-eval's limit: the first N documents of each task "
                                                            "(a fraction below 1: that share of each task)."),
-    num_fewshot: int | None = typer.Option(None, "--num-fewshot", "--num_fewshot",
+    num_fewshot: int | None = typer.Option(None, "--num-fewshot",
                                            help="Few-shot examples (default: each task's own)."),
     mot_mode: str = typer.Option("fast", "--mot-mode", help="Mixture-of-Thoughts checkpoints: fast (route once) "
                                                             "or full (interaction at every token)."),
@@ -167,7 +167,7 @@ def harness(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write lm-eval's results JSON here."),
     log_samples: bool = typer.Option(False, "--log-samples/--no-log-samples",
                                      help="Keep every document's requests and answers in --output."),
-    seed: int = typer.Option(0, "--seed", help="lm-eval's random, numpy and torch seeds."),
+    seed: int = opts.seed_option(0, "lm-eval's random, numpy and torch seeds."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run lm-evaluation-harness's own evaluator on a mot model and print lm-eval's table (needs
@@ -187,9 +187,9 @@ def harness(
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed)
     typer.echo(bridge.results_table(results))
     if output is not None:
-        from mot.evaluation.pareval import write_json
+        from mot.io import write_json
 
-        write_json(bridge.json_safe(results), output)
+        write_json(output, bridge.json_safe(results), mode=None)
         typer.echo(f"results: {output}")
 
 
@@ -200,26 +200,25 @@ pareval_app = typer.Typer(no_args_is_help=True,
 app.add_typer(pareval_app, name="pareval")
 
 
-@pareval_app.command("generate")
+@pareval_app.command("generate", cls=MotCommand)
 def pareval_generate(
     prompts: Path = typer.Option(..., "--prompts", help="ParEval generation-prompts.json / translation-prompts.json "
                                                         "(or the checkout, or its prompts/ directory)."),
     task: str = typer.Option("generation", "--task", help="generation|translation"),
     output: Path = typer.Option(..., "--output", "-o", help="Output JSON in ParEval's format (prompt records + outputs)."),
-    num_samples: int = typer.Option(1, "--num-samples", "--num_samples", help="Completions per prompt."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Completions per prompt."),
     model: str = typer.Option(..., "--model", "-m", help="Model spec (hub id, local dir, .gguf, asset alias) or a "
                                                           "Mixture-of-Thoughts checkpoint directory."),
-    temperature: float | None = typer.Option(None, "--temperature",
-                                             help="Sampling temperature (default 0 = greedy for 1 sample, 0.2 otherwise)."),
-    top_p: float = typer.Option(0.95, "--top-p", "--top_p", help="Nucleus sampling (only when sampling)."),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", "--max_new_tokens", help="Tokens per completion."),
+    temperature: float | None = opts.temperature_option(
+        None, "Sampling temperature (default 0 = greedy for 1 sample, 0.2 otherwise)."),
+    top_p: float = opts.top_p_option(0.95, "Nucleus sampling (only when sampling)."),
+    max_new_tokens: int = opts.max_new_tokens_option(1024, "Tokens per completion."),
     parallelism_model: list[str] | None = typer.Option(None, "--parallelism-model",
                                                        help="Only prompts for this model (serial, omp, cuda, ...); repeatable."),
     limit: int | None = typer.Option(None, "--limit", help="The first N prompts only (after --parallelism-model)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts per model call."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed (sample s uses seed + s)."),
+    seed: int = opts.seed_option(0, "Sampling seed (sample s uses seed + s)."),
     mot_generate: bool = typer.Option(False, "--use-mot-generate/--no-mot-generate",
-                                      "--use_mot_generate/--no_mot_generate",
                                       help="MoT checkpoints: expert interaction at every token (full) instead of "
                                            "routing once (fast)."),
     device: str = typer.Option("cpu", "--device", help="Device for the model."),
@@ -230,21 +229,20 @@ def pareval_generate(
 ) -> None:
     """Write NUM_SAMPLES completions of every ParEval prompt to OUTPUT in ParEval's output format."""
     from mot.data import load_pareval
-    from mot.evaluation.pareval import generate_pareval, write_json
-    from mot.generation import GenerationParams
+    from mot.evaluation.pareval import generate_pareval
+    from mot.io import write_json
 
+    if temperature is None:
+        temperature = 0.0 if num_samples == 1 else 0.2
+    params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, top_p_when_greedy=False)
     items = load_pareval(prompts, split=task, limit=limit, parallelism_models=parallelism_model or None)
     if not items:
         raise UsageError(f"{prompts}: no {task} prompts selected")
-    if temperature is None:
-        temperature = 0.0 if num_samples == 1 else 0.2
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p if temperature > 0 else 1.0, seed=seed)
     generator = load_eval_model(model, device=device, dtype=dtype, batch_size=batch_size, chat_template=chat_template,
                                 mot_mode="full" if mot_generate else "fast")
     records = generate_pareval(generator, items, num_samples=num_samples, params=params, batch_size=batch_size,
                                progress=progress)
-    write_json(records, output)
+    write_json(output, records, mode=None)
     typer.echo(f"{len(records)} prompts x {num_samples} samples -> {output}")
 
 
@@ -260,10 +258,10 @@ def _int_list(text: str | None, option: str) -> list[int] | None:
     return values
 
 
-@pareval_app.command("evaluate")
+@pareval_app.command("evaluate", cls=MotCommand)
 def pareval_evaluate(
     input: Path = typer.Option(..., "--input", "-i", help="ParEval output JSON (from `mot eval pareval generate`)."),
-    pareval_root: Path = typer.Option(..., "--pareval-root", "--pareval_root",
+    pareval_root: Path = typer.Option(..., "--pareval-root",
                                       help="Your ParEval checkout (or its drivers/ directory)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Results JSON (default: INPUT_results.json)."),
     k: str = typer.Option("1,5,10", "--k", help="Comma-separated k for build@k, pass@k, speedup@k (k <= samples)."),
@@ -279,14 +277,15 @@ def pareval_evaluate(
     """Build and run every sample with the ParEval drivers for each parallelism model whose toolchain is
     here (serial and OpenMP with g++, CUDA with nvcc and a GPU); print build@k, pass@k (and speedup@k
     when the drivers print timings) overall, per problem type and per parallelism model."""
-    from mot.evaluation.pareval import detect_toolchains, evaluate_pareval, load_outputs, write_json
+    from mot.evaluation.pareval import detect_toolchains, evaluate_pareval, load_outputs
+    from mot.io import write_json
 
     records = load_outputs(input)
     report = evaluate_pareval(records, pareval_root, ks=_int_list(k, "--k"), threads=_int_list(threads, "--threads"),
                               toolchains=detect_toolchains(gpu), jobs=jobs, build_timeout=build_timeout,
                               run_timeout=run_timeout, cuda_arch=cuda_arch, progress=progress)
     out = output or input.with_name(f"{input.stem}_results.json")
-    write_json(report, out)
+    write_json(out, report, mode=None)
     _print_pareval(report)
     typer.echo(f"results: {out}")
 
@@ -312,11 +311,11 @@ def _print_pareval(report: dict) -> None:
 # ---------------------------------------------------------------------------------------- BabelTower
 
 
-@app.command("babeltower")
+@app.command("babeltower", cls=MotCommand)
 def babeltower(
-    dataset_dir: Path = typer.Option(..., "--dataset_dir", "--dataset-dir",
+    dataset_dir: Path = typer.Option(..., "--dataset-dir",
                                      help="Directory with cpp.para.{test,valid}.tok and cuda.para.{test,valid}.tok."),
-    checkpoint_path: str | None = typer.Option(None, "--checkpoint_path", "--checkpoint-path",
+    checkpoint_path: str | None = typer.Option(None, "--checkpoint-path",
                                                help="A Mixture-of-Thoughts checkpoint directory or any model spec "
                                                     "(hub id, local dir, .gguf, asset alias)."),
     predictions_file: Path | None = typer.Option(
@@ -324,29 +323,26 @@ def babeltower(
                                     "(one per pair, in order) or of records with 'prediction' (and 'id'), such as "
                                     "babeltower_<split>_predictions.json; .jsonl works too."),
     split: str = typer.Option("test", "--split", help="test|valid"),
-    num_samples: int | None = typer.Option(None, "--num_samples", "--num-samples",
+    num_samples: int | None = typer.Option(None, "--num-samples",
                                            help="Evaluate the first N pairs only (default: all)."),
-    max_new_tokens: int = typer.Option(256, "--max_new_tokens", "--max-new-tokens", help="Tokens per translation."),
-    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature (0 = greedy)."),
-    top_p: float = typer.Option(0.95, "--top_p", "--top-p", help="Nucleus sampling (only when sampling)."),
-    use_mot_generate: bool = typer.Option(False, "--use_mot_generate/--no_mot_generate",
-                                          "--use-mot-generate/--no-mot-generate",
+    max_new_tokens: int = opts.max_new_tokens_option(256, "Tokens per translation."),
+    temperature: float = opts.temperature_option(0.7, "Sampling temperature (0 = greedy)."),
+    top_p: float = opts.top_p_option(0.95, "Nucleus sampling (only when sampling)."),
+    use_mot_generate: bool = typer.Option(False, "--use-mot-generate/--no-mot-generate",
                                           help="MoT checkpoints: full generation (expert interaction at every token) "
                                                "instead of fast (route once, the primary expert generates)."),
-    check_compilation: bool = typer.Option(True, "--check_compilation/--no_check_compilation",
-                                           "--check-compilation/--no-check-compilation",
+    check_compilation: bool = typer.Option(True, "--check-compilation/--no-check-compilation",
                                            help="Compile every translation with nvcc -c (reported unavailable without nvcc)."),
-    save_predictions: bool = typer.Option(True, "--save_predictions/--no_save_predictions",
-                                          "--save-predictions/--no-save-predictions",
+    save_predictions: bool = typer.Option(True, "--save-predictions/--no-save-predictions",
                                           help="Write babeltower_<split>_predictions.json."),
-    seed: int = typer.Option(42, "--seed", help="Sampling seed."),
-    output_dir: Path = typer.Option(Path("runs/eval/babeltower"), "--output_dir", "--output-dir", "-o",
+    seed: int = opts.seed_option(42),
+    output_dir: Path = typer.Option(Path("runs/eval/babeltower"), "--output-dir", "-o",
                                     help="Where the metrics (and predictions) JSON go."),
     prompt_template: str = typer.Option("### Translate C++ to CUDA:\n{source}\n### CUDA:\n",
-                                        "--prompt_template", "--prompt-template",
+                                        "--prompt-template",
                                         help="Prompt with {source}; \\n means a newline; generation stops at "
                                              "its line markers (###)."),
-    batch_size: int = typer.Option(8, "--batch_size", "--batch-size", help="Pairs per model call."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per model call."),
     device: str = typer.Option("cpu", "--device", help="Device for the model."),
     dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -356,11 +352,12 @@ def babeltower(
     expert usage, generation mode) and babeltower_<split>_predictions.json."""
     from mot.data import load_babeltower
     from mot.evaluation.babeltower import metrics_path, predictions_path
-    from mot.evaluation.pareval import write_json
+    from mot.io import write_json
 
     if (checkpoint_path is None) == (predictions_file is None):
-        raise UsageError("babeltower: give exactly one of --checkpoint_path (translate with a model) and "
+        raise UsageError("babeltower: give exactly one of --checkpoint-path (translate with a model) and "
                          "--predictions FILE (score ready-made translations)")
+    params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, top_p_when_greedy=False)
     pairs = load_babeltower(dataset_dir, split=split, limit=num_samples)
     if not pairs:
         raise UsageError(f"{dataset_dir}: no BabelTower {split} pairs")
@@ -372,12 +369,11 @@ def babeltower(
         metrics.update(model=f"predictions: {predictions_file}", generation_mode="predictions")
     else:
         metrics, predictions = _babeltower_generate(
-            pairs, checkpoint_path, split=split, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, use_mot_generate=use_mot_generate, check_compilation=check_compilation, seed=seed,
-            prompt_template=prompt_template, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
-    written = [write_json(metrics, metrics_path(output_dir, split))]
+            pairs, checkpoint_path, split=split, params=params, use_mot_generate=use_mot_generate,
+            check_compilation=check_compilation, prompt_template=prompt_template, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    written = [write_json(metrics_path(output_dir, split), metrics, mode=None)]
     if save_predictions:
-        written.append(write_json(predictions, predictions_path(output_dir, split)))
+        written.append(write_json(predictions_path(output_dir, split), predictions, mode=None))
     compilation = metrics["compilation_accuracy"]
     typer.echo(f"BabelTower {split}: {metrics['num_samples']} pairs, BLEU {metrics['bleu']:.2f}, "
                f"CodeBLEU {metrics['codebleu']:.2f}, ParaBLEU (approx.) {metrics['parableu_approx']:.2f}, "
@@ -387,21 +383,18 @@ def babeltower(
     typer.echo("wrote " + ", ".join(str(p) for p in written))
 
 
-def _babeltower_generate(pairs, checkpoint_path: str, *, split: str, max_new_tokens: int, temperature: float,
-                         top_p: float, use_mot_generate: bool, check_compilation: bool, seed: int,
-                         prompt_template: str, batch_size: int, device: str, dtype: str, progress: bool):
+def _babeltower_generate(pairs, checkpoint_path: str, *, split: str, params, use_mot_generate: bool,
+                         check_compilation: bool, prompt_template: str, batch_size: int, device: str, dtype: str,
+                         progress: bool):
     from mot.evaluation.babeltower import evaluate_babeltower
-    from mot.generation import GenerationParams
     from mot.loading import is_mot_checkpoint
 
     is_mot = is_mot_checkpoint(checkpoint_path)
     if use_mot_generate and not is_mot:
-        typer.echo(f"note: --use_mot_generate applies to Mixture-of-Thoughts checkpoints; {checkpoint_path} "
+        typer.echo(f"note: --use-mot-generate applies to Mixture-of-Thoughts checkpoints; {checkpoint_path} "
                    "is evaluated as a single model", err=True)
     generator = load_eval_model(checkpoint_path, device=device, dtype=dtype, batch_size=batch_size,
                                 mot_mode="full" if use_mot_generate else "fast")
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p if temperature > 0 else 1.0, seed=seed)
     template = prompt_template.replace("\\n", "\n")
     return evaluate_babeltower(generator, pairs, split=split, params=params, prompt_template=template,
                                check_compilation=check_compilation, batch_size=batch_size, progress=progress)
@@ -410,7 +403,7 @@ def _babeltower_generate(pairs, checkpoint_path: str, *, split: str, max_new_tok
 # ------------------------------------------------------------------------------------ baseline routers
 
 
-@app.command("train-router")
+@app.command("train-router", cls=MotCommand)
 def train_router(
     method: str = typer.Option(..., "--method", help="routerdc (dual contrastive) | cluster (Avengers-style k-means)."),
     expert: list[str] = typer.Option(..., "--expert", "-e", help="Expert spec, repeatable, in routing order."),
@@ -425,7 +418,7 @@ def train_router(
                                                                    "e.g. num_clusters=8, steps=300."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Per-expert correctness cache "
                                                                     "(default OUTPUT-correctness)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Generation length on generative training sets."),
+    max_new_tokens: int = opts.max_new_tokens_option(256, "Generation length on generative training sets."),
     batch_size: int = typer.Option(8, "--batch-size", help="Items per model call."),
     device: str = typer.Option("cpu", "--device", help="Device for the experts."),
     dtype: str = typer.Option("float32", "--dtype", help="float32|bfloat16|float16"),
@@ -436,10 +429,10 @@ def train_router(
     from mot.data import load_benchmark
     from mot.evaluation.baselines import parse_train_set
     from mot.evaluation.baselines import train_router as fit
-    from mot.generation import GenerationParams
     from mot.loading import ModelPool
     from mot.thoughts.features import make_encoder
 
+    params = opts.generation_params(max_new_tokens)
     options: dict = {}
     for entry in option or []:
         key, sep, value = entry.partition("=")
@@ -459,7 +452,7 @@ def train_router(
     pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size)
     experts = {spec: pool.expert(spec) for spec in expert}
     config = fit(method, sets, experts, output, encoder=make_encoder(encoder), encoder_name=encoder, cache_dir=cache_dir,
-                 params=GenerationParams(max_new_tokens=max_new_tokens), options=options, batch_size=batch_size,
+                 params=params, options=options, batch_size=batch_size,
                  progress=progress)
     scores = ", ".join(f"{k}: {v:.3f}" for k, v in config["expert_train_scores"].items())
     typer.echo(f"{method} router over {len(expert)} experts trained on {config['training_items']} "

@@ -1,7 +1,7 @@
 """``mot llama``: train, generate with, chat with, evaluate and export a moellama model.
 
     mot llama train    [--config configs/moellama.hocon] [--set k=v ...] [--resume PATH|auto] [--nproc N] [--gpus 0,1]
-    mot llama generate (--prompt TEXT ... | --prompts-file FILE) [--max-tokens N] [--temperature T] [--top-k K]
+    mot llama generate (--prompt TEXT ... | --prompts-file FILE) [--max-new-tokens N] [--temperature T] [--top-k K]
                        [--top-p P] [--seed S] [--model-path DIR]
     mot llama chat     [--model-path DIR] [--verbose]
     mot llama evaluate [--model-file DIR] [--output report.md] [--prompt TEXT ...] [--benchmark NAME ...]
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import typer
 
+from mot.cli import options as opts
+from mot.cli.options import MotCommand
 from mot.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="moellama: a from-scratch Mixture-of-Experts LLaMA.")
@@ -56,24 +58,10 @@ def _device(cfg) -> str:
     return str(resolve_device(cfg.device.type, cfg.device.gpu_ids))
 
 
-def _params(cfg, max_tokens, temperature, top_k, top_p, seed=None, stop=()):
-    from mot.generation import GenerationParams
-
-    inf = cfg.inference
-    try:
-        return GenerationParams(
-            max_new_tokens=inf.max_new_tokens if max_tokens is None else max_tokens,
-            temperature=inf.temperature if temperature is None else temperature,
-            top_k=inf.top_k if top_k is None else top_k, top_p=inf.top_p if top_p is None else top_p,
-            seed=seed, stop=list(stop))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 # ------------------------------------------------------------------------------------------------ train
 
 
-@app.command("train")
+@app.command("train", cls=MotCommand)
 def train(
     config: Path | None = _CONFIG_OPT,
     overrides: list[str] = _SET_OPT,
@@ -110,16 +98,16 @@ def train(
 # --------------------------------------------------------------------------------------------- generate
 
 
-@app.command("generate")
+@app.command("generate", cls=MotCommand)
 def generate(
     prompts: list[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable; all run as one batch)."),
     prompts_file: Path | None = typer.Option(None, "--prompts-file", help="One prompt per line (or a .jsonl of "
                                              "{\"prompt\": ...})."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", min=0, help="Default: inference.max_new_tokens."),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy."),
-    top_k: int | None = typer.Option(None, "--top-k", min=0, help="0 = off."),
-    top_p: float | None = typer.Option(None, "--top-p", help="1 = off."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampling seed."),
+    max_new_tokens: int | None = opts.max_new_tokens_option(None, "Default: inference.max_new_tokens.", min=0),
+    temperature: float | None = opts.temperature_option(None, min=0.0),
+    top_k: int | None = opts.top_k_option(None, min=0),
+    top_p: float | None = opts.top_p_option(None),
+    seed: int | None = opts.seed_option(),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per batch."),
     model_path: Path | None = typer.Option(None, "--model-path", "-m", help="Default: paths.model_path."),
     config: Path | None = _CONFIG_OPT,
@@ -133,7 +121,7 @@ def generate(
     items = list(prompts) + (read_prompts(prompts_file) if prompts_file else [])
     if not items:
         raise UsageError("give --prompt TEXT (repeatable) or --prompts-file FILE")
-    params = _params(cfg, max_tokens, temperature, top_k, top_p, seed)
+    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed, defaults=cfg.inference)
     model, tokenizer, _ = load_model(_model_path(model_path, cfg), device=_device(cfg))
     generator = MoeLlamaGenerator(model, tokenizer)
     replies = []
@@ -166,15 +154,15 @@ def read_prompts(path: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------------- chat
 
 
-@app.command("chat")
+@app.command("chat", cls=MotCommand)
 def chat(
     model_path: Path | None = typer.Option(None, "--model-path", "-m", help="Default: paths.model_path."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="After each reply: tokens, time, tokens/s."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Default: inference.max_new_tokens."),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="0 = greedy."),
-    top_k: int | None = typer.Option(None, "--top-k", min=0),
-    top_p: float | None = typer.Option(None, "--top-p"),
-    seed: int | None = typer.Option(None, "--seed"),
+    max_new_tokens: int | None = opts.max_new_tokens_option(None, "Default: inference.max_new_tokens.", min=1),
+    temperature: float | None = opts.temperature_option(None, min=0.0),
+    top_k: int | None = opts.top_k_option(None, min=0),
+    top_p: float | None = opts.top_p_option(None),
+    seed: int | None = opts.seed_option(),
     config: Path | None = _CONFIG_OPT,
     overrides: list[str] = _SET_OPT,
 ) -> None:
@@ -184,7 +172,7 @@ def chat(
     from mot.moellama.generate import MoeLlamaGenerator
 
     cfg = load_file_config(config, overrides)
-    params = _params(cfg, max_tokens, temperature, top_k, top_p, seed)
+    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed, defaults=cfg.inference)
     path = _model_path(model_path, cfg)
     typer.echo(f"loading {path} ...", err=True)
     model, tokenizer, directory = load_model(path, device=_device(cfg))
@@ -196,7 +184,7 @@ def chat(
 # --------------------------------------------------------------------------------------------- evaluate
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=MotCommand)
 def evaluate(
     model_file: Path | None = typer.Option(None, "--model-file", "--model-path", "-m",
                                            help="Model or checkpoint directory. Default: paths.model_path."),
@@ -208,23 +196,23 @@ def evaluate(
     benchmarks: list[str] = typer.Option([], "--benchmark", help="A mot.data benchmark to score too (repeatable)."),
     benchmark_path: Path | None = typer.Option(None, "--benchmark-path", help="Local files of the benchmark."),
     benchmark_limit: int = typer.Option(50, "--benchmark-limit", min=1, help="Items per benchmark."),
-    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="New tokens per generation sample."),
-    seed: int = typer.Option(0, "--seed"),
+    max_new_tokens: int = opts.max_new_tokens_option(64, "New tokens per generation sample.", min=1),
+    seed: int = opts.seed_option(0),
     config: Path | None = _CONFIG_OPT,
     overrides: list[str] = _SET_OPT,
 ) -> None:
     """Perplexity, token accuracy, samples, letter counting and arithmetic (and benchmarks): a markdown report."""
-    from mot.moellama.evaluate import EvalOptions, run_evaluation
+    from mot.moellama.evaluate import EvalOptions, evaluate_checkpoint
 
     cfg = load_file_config(config, overrides)
     sample_prompts = list(prompts) + (read_prompts(prompts_file) if prompts_file else [])
     options = EvalOptions(
         max_eval_windows=max_eval_windows, tasks_per_kind=tasks_per_kind, prompts=sample_prompts or None,
         benchmarks=list(benchmarks), benchmark_path=benchmark_path, benchmark_limit=benchmark_limit,
-        max_new_tokens=max_tokens, temperature=cfg.inference.temperature, top_k=cfg.inference.top_k,
+        max_new_tokens=max_new_tokens, temperature=cfg.inference.temperature, top_k=cfg.inference.top_k,
         top_p=cfg.inference.top_p, seed=seed,
     )
-    report = run_evaluation(_model_path(model_file, cfg), cfg, options, output=output, device=_device(cfg))
+    report = evaluate_checkpoint(_model_path(model_file, cfg), cfg, options, output=output, device=_device(cfg))
     m = report.metrics
     typer.echo(f"val_loss {m['val_loss']:.4f}  perplexity {m['perplexity']:.2f}  token accuracy "
                f"{m['token_accuracy']:.3f}  letter counting {m['letter_counting']:.2f}  arithmetic "
@@ -235,7 +223,7 @@ def evaluate(
 # ----------------------------------------------------------------------------------------------- export
 
 
-@app.command("export")
+@app.command("export", cls=MotCommand)
 def export(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (HF model + tokenizer)."),
     target: str = typer.Option("auto", "--target", help="auto | mixtral | granitemoeshared (auto: by shared expert)."),

@@ -19,6 +19,7 @@ import traceback
 import typer
 
 from mot import __version__
+from mot.cli.options import MotCommand
 from mot.errors import MotError
 
 # (name, "module:attribute", help).  A module's attribute is a typer.Typer (a group) or a function
@@ -72,7 +73,7 @@ def _register() -> None:
         if isinstance(obj, typer.Typer):
             app.add_typer(obj, name=name, help=help_text)
         else:
-            app.command(name=name, help=help_text)(obj)
+            app.command(name=name, help=help_text, cls=MotCommand)(obj)
 
 
 _register()

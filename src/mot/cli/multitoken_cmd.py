@@ -11,11 +11,14 @@ from pathlib import Path
 
 import typer
 
+from mot.cli import options as opts
+from mot.cli.options import MotCommand
 from mot.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Multi-token MoE heads on a frozen causal LM.")
 
 _QUANT = ("none", "8bit", "4bit")
+RUN_CONFIG = "run_config.json"  # the resolved settings of the last ``train`` in its output directory
 
 
 def _quant(value: str) -> str | None:
@@ -24,16 +27,21 @@ def _quant(value: str) -> str | None:
     return None if value == "none" else value
 
 
-@app.command("train")
+@app.command("train", cls=MotCommand)
 def train(
-    model: str = typer.Option(..., "--model", help="Backbone: hub id, local dir, .gguf, or asset alias."),
-    data: Path = typer.Option(..., "--data", help='JSONL with {"question": ..., "response": ...} per line.'),
-    out: Path = typer.Option(..., "--out", help="Output directory: s1/, s2/, ppo_final/ and run state."),
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", "-c", help="Run config (.json/.hocon/.conf), e.g. "
+                                       "configs/multitoken_smollm2.json; the flags below override it."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a key: --set training.ppo_steps=10 (repeatable)."),
+    model: str | None = typer.Option(None, "--model", help="Backbone: hub id, local dir, .gguf, or asset alias "
+                                     "(backbone.model)."),
+    data: Path | None = typer.Option(None, "--data", help='JSONL with {"question": ..., "response": ...} per line.'),
+    out: Path | None = typer.Option(None, "--out", help="Output directory: s1/, s2/, ppo_final/ and run state."),
     heads: int = typer.Option(4, "--heads", help="Heads H (head 0 is the backbone's own LM head)."),
-    k_max: int = typer.Option(3, "--k_max", help="Most active heads per step (tokens per backbone pass)."),
-    stage1_epochs: float = typer.Option(1.0, "--stage1_epochs"),
-    stage2_epochs: float = typer.Option(1.0, "--stage2_epochs"),
-    ppo_steps: int = typer.Option(0, "--ppo_steps", help="Stage 3 PPO rollouts (0: skip)."),
+    k_max: int = typer.Option(3, "--k-max", help="Most active heads per step (tokens per backbone pass)."),
+    stage1_epochs: float = typer.Option(1.0, "--stage1-epochs"),
+    stage2_epochs: float = typer.Option(1.0, "--stage2-epochs"),
+    ppo_steps: int = typer.Option(0, "--ppo-steps", help="Stage 3 PPO rollouts (0: skip)."),
     batch: int = typer.Option(8, "--batch"),
     lr: float = typer.Option(1e-3, "--lr"),
     quant: str = typer.Option("none", "--quant", help="Backbone quantization: none|8bit|4bit (CUDA)."),
@@ -63,59 +71,64 @@ def train(
     dtype: str = typer.Option("float32", "--dtype", help="Backbone dtype: float32|bfloat16|float16."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Train stage 1, stage 2 and (with --ppo_steps) PPO; rerunning the command resumes."""
+    """Train stage 1, stage 2 and (with --ppo-steps) PPO; rerunning the command resumes.
+
+    Settings come from -c CONFIG (see configs/multitoken_*.json), then --set, then the flags given here."""
     import logging
 
     import torch
 
+    from mot.config import save_config
     from mot.experts.resolve import resolve_expert
-    from mot.multitoken.config import MultiTokenConfig
-    from mot.multitoken.curriculum import CurriculumConfig, train_curriculum
+    from mot.multitoken.curriculum import train_curriculum
     from mot.multitoken.data import read_jsonl
     from mot.multitoken.model import MultiTokenModel
+    from mot.multitoken.run_config import FLAG_KEYS, load_multitoken_run_config
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if draft_vocab < 0:
         raise UsageError(f"--draft-vocab must be >= 0 (0: whole vocabulary), got {draft_vocab}")
-    config = MultiTokenConfig(num_heads=heads, k_max=k_max, untie_heads=untie_heads,
-                              token_conditioning=token_conditioning, chain_conditioning=chain_conditioning,
-                              draft_vocab_size=draft_vocab or None, head_type=head_type)
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    examples = read_jsonl(data)
-    n_val = int(len(examples) * val_fraction)
-    if val_fraction > 0 and len(examples) >= 20:
+    given = {name: ctx.params[name] for name in FLAG_KEYS
+             if ctx.get_parameter_source(name).name in ("COMMANDLINE", "ENVIRONMENT")}
+    if "draft_vocab" in given:
+        given["draft_vocab"] = given["draft_vocab"] or None
+    cfg = load_multitoken_run_config(config, overrides, given)
+    mt_config = cfg.multitoken_config()
+    curriculum = cfg.curriculum_config()
+    b, t = cfg.backbone, cfg.training
+    quantization = _quant(b.quant)
+    examples = read_jsonl(cfg.data)
+    n_val = int(len(examples) * t.val_fraction)
+    if t.val_fraction > 0 and len(examples) >= 20:
         n_val = max(n_val, 1)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(t.seed)).tolist()
     val = [examples[i] for i in order[:n_val]]
     train_set = [examples[i] for i in order[n_val:]]
-    backbone, tokenizer = resolve_expert(model, dtype=dtype, device=backbone_device, quantization=_quant(quant))
-    torch.manual_seed(seed)
-    mt = MultiTokenModel(backbone, tokenizer, config, heads_device=heads_device or backbone_device,
-                         backbone_spec=model)
-    mt.quantization = _quant(quant)
-    curriculum = CurriculumConfig(
-        stage1_epochs=stage1_epochs, stage2_epochs=stage2_epochs, ppo_steps=ppo_steps, batch_size=batch,
-        learning_rate=lr, max_length=max_length, save_every=save_every, seed=seed,
-        device=heads_device or backbone_device, save_backbone=save_backbone, self_distill=self_distill,
-    )
-    exported = train_curriculum(mt, train_set, out, curriculum, val_examples=val or None)
+    backbone, tokenizer = resolve_expert(b.model, dtype=b.dtype, device=b.device, quantization=quantization)
+    torch.manual_seed(t.seed)
+    mt = MultiTokenModel(backbone, tokenizer, mt_config, heads_device=b.heads_device or b.device,
+                         backbone_spec=b.model)
+    mt.quantization = quantization
+    save_config(cfg, Path(cfg.out) / RUN_CONFIG)
+    exported = train_curriculum(mt, train_set, cfg.out, curriculum, val_examples=val or None)
     for name, path in exported.items():
         typer.echo(f"{name}: {path}")
 
 
-@app.command("infer")
+@app.command("infer", cls=MotCommand)
 def infer(
     ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint directory: s1/, s2/ or ppo_final/."),
     prompt: str = typer.Option(..., "--prompt"),
-    max_tokens: int = typer.Option(128, "--max_tokens"),
+    max_new_tokens: int = opts.max_new_tokens_option(128),
     quant: str = typer.Option("none", "--quant", help="Backbone quantization: none|8bit|4bit (CUDA)."),
     verify: bool = typer.Option(True, "--verify/--no-verify",
                                 help="--no-verify emits drafts unchecked: faster, lossy (labelled)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy (exactly the backbone's output)."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int | None = typer.Option(None, "--seed"),
+    temperature: float = opts.temperature_option(0.0, "0: greedy (exactly the backbone's output)."),
+    top_p: float = opts.top_p_option(1.0),
+    top_k: int = opts.top_k_option(0),
+    seed: int | None = opts.seed_option(),
     k: int | None = typer.Option(None, "--k", help="Active heads (<= the checkpoint's k_max)."),
     lookup: int = typer.Option(0, "--lookup", help="Also draft up to N tokens copied from an earlier occurrence "
                                                    "of the last tokens (prompt lookup; verified only; 0: off)."),
@@ -126,14 +139,12 @@ def infer(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (text + statistics)."),
 ) -> None:
     """Decode a prompt, streaming the text; statistics go to stderr."""
-    from mot.generation import GenerationParams
     from mot.multitoken.decoding import MultiTokenGenerator
     from mot.multitoken.io import load_multitoken
 
+    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed)
     model = load_multitoken(ckpt, quantization=_quant(quant), backbone_device=backbone_device,
                             heads_device=heads_device)
-    params = GenerationParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                              seed=seed)
     if lookup < 0:
         raise UsageError(f"--lookup must be >= 0 (0: off), got {lookup}")
     if tree < 0:

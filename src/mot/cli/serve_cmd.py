@@ -18,6 +18,7 @@ from pathlib import Path
 
 import typer
 
+from mot.cli import options as opts
 from mot.errors import UsageError
 
 
@@ -38,7 +39,7 @@ def serve(
     max_queue: int = typer.Option(32, "--max-queue", min=0, help="Requests waiting beyond that; more get 429."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow browser calls from this origin "
                                           "(repeatable; CORS is off by default)."),
-    default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1,
+    default_max_tokens: int = typer.Option(256, "--default-max-new-tokens", min=1,
                                            help="New tokens when a request gives no max_tokens."),
     device: str = typer.Option("cpu", "--device", help="Device for the models (cpu, cuda, cuda:1, mps)."),
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16."),
@@ -104,4 +105,4 @@ def _is_loopback(host: str) -> bool:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.exit(typer.run(serve))
+    sys.exit(opts.run(serve))

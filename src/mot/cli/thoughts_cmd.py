@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from mot.cli import options as opts
+from mot.cli.options import MotCommand
 from mot.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="Mixture of Thoughts: train, generate, route, translate.")
@@ -28,7 +30,7 @@ def _worker_argv(config: Path, overrides: list[str], resume: str | None, wandb_m
                     ("--wandb-mode", wandb_mode), ("--output-dir", output_dir))
 
 
-@app.command("train")
+@app.command("train", cls=MotCommand)
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Run config (.json/.hocon/.conf)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a key: --set training.max_steps=10 (repeatable)."),
@@ -67,31 +69,29 @@ _EXPERTS = typer.Option(None, "--expert", "-e", help="Expert spec, in the checkp
                                                        "default: the specs recorded in the checkpoint.")
 
 
-@app.command("generate")
+@app.command("generate", cls=MotCommand)
 def generate(
     prompt: str = typer.Argument(..., help="Prompt text ('-' reads stdin)."),
     checkpoint: Path = _CHECKPOINT,
     experts: list[str] | None = _EXPERTS,
     mode: str = typer.Option("fast", "--mode", help="fast (route once, primary's own generate) | full (interaction every token)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    seed: int | None = typer.Option(None, "--seed"),
-    stop: list[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+    max_new_tokens: int = opts.max_new_tokens_option(128),
+    temperature: float = opts.temperature_option(0.0),
+    top_p: float = opts.top_p_option(1.0),
+    seed: int | None = opts.seed_option(),
+    stop: list[str] = opts.stop_option(),
     stream: bool = typer.Option(True, "--stream/--no-stream"),
 ) -> None:
     """Continue a prompt with a trained Mixture of Thoughts."""
     import sys
 
-    from mot.generation import GenerationParams
     from mot.thoughts.run import load_checkpoint_model
 
     if mode not in ("fast", "full"):
         raise UsageError(f"--mode must be fast or full, got {mode!r}")
+    params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, stop=stop)
     text = sys.stdin.read() if prompt == "-" else prompt
     model = load_checkpoint_model(checkpoint, experts)
-    params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                              stop=list(stop))
     if stream:
         for piece in model.stream(text, params, mode=mode):
             typer.echo(piece, nl=False)
@@ -100,7 +100,7 @@ def generate(
         typer.echo(model.generate([text], params, mode=mode)[0])
 
 
-@app.command("route")
+@app.command("route", cls=MotCommand)
 def route(
     text: str = typer.Argument(..., help="Text (prompt) to route."),
     checkpoint: Path = _CHECKPOINT,
@@ -113,16 +113,16 @@ def route(
     typer.echo(json.dumps(model.get_routing_info(text), indent=2))
 
 
-@app.command("translate")
+@app.command("translate", cls=MotCommand)
 def translate(
     source: str = typer.Argument(..., help="Source code, or @FILE to read it from a file."),
     checkpoint: Path = _CHECKPOINT,
     experts: list[str] | None = _EXPERTS,
     template: str = typer.Option("### Translate C++ to CUDA:\n{source}\n### CUDA:\n", "--template"),
     mode: str = typer.Option("fast", "--mode"),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
+    max_new_tokens: int = opts.max_new_tokens_option(512),
+    temperature: float = opts.temperature_option(0.0),
+    top_p: float = opts.top_p_option(1.0),
 ) -> None:
     """Translate code (C++ -> CUDA by default) and say which expert was primary."""
     from mot.thoughts.run import load_checkpoint_model
@@ -134,8 +134,9 @@ def translate(
         source = path.read_text(encoding="utf-8")
     if "{source}" not in template:
         raise UsageError("--template must contain {source}")
+    params = opts.generation_params(max_new_tokens, temperature, top_p=top_p)
     model = load_checkpoint_model(checkpoint, experts)
-    text, primary = model.translate(source, template, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_p=top_p, mode=mode)
+    text, primary = model.translate(source, template, max_new_tokens=params.max_new_tokens,
+                                    temperature=params.temperature, top_p=params.top_p, mode=mode)
     typer.echo(f"# primary expert: {primary}", err=True)
     typer.echo(text)

@@ -213,7 +213,7 @@ def train_composition_expert(task: CompositionTask, expert: int, family: str, ou
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from mot.testing import train_tokenizer
+    from mot.testing import train_tiny_tokenizer
     from mot.training import Trainer, TrainingConfig
 
     if family not in EXPERT_RECIPES and recipe is None:
@@ -227,7 +227,7 @@ def train_composition_expert(task: CompositionTask, expert: int, family: str, ou
     if marker.is_file() and marker.read_text() == stamp:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(vocab, out, task.text())
+    tok = train_tiny_tokenizer(vocab, out, task.text())
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     config = AutoConfig.for_model(family, vocab_size=len(tok), **special, **kwargs)
     torch.manual_seed(seed)

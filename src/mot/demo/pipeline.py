@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from mot.demo.report import plot_confusion, plot_domain_bars, plot_loss_curve, print_table, write_markdown
-from mot.demo.scoring import cached_features, expert_nll, fit_router, mot_nll, route
+from mot.demo.report import plot_confusion, plot_domain_bars, plot_loss_curve, print_summary, write_markdown
+from mot.demo.scoring import cached_features, expert_nll, mot_nll, route, warm_start_router
 from mot.demo.settings import DOMAINS, DemoSettings
 from mot.errors import UsageError
 from mot.io import write_json
@@ -171,7 +171,7 @@ def _render(results: dict[str, Any], out: Path, console: Any) -> None:
     curve = plot_loss_curve(out / "train", out / "loss_curve.png")
     plots["loss"] = curve.name if curve is not None else None
     write_markdown(results, out / "report.md", plots)
-    print_table(results, console)
+    print_summary(results, console)
 
 
 def _command_args(settings: DemoSettings) -> str:
@@ -428,7 +428,7 @@ def _train(settings: DemoSettings, model: Any, cache: Any, task: Any, train_nll:
         return done
 
     features = cached_features(model, cache, [s.prompt for s in task.train])
-    router_fit_loss = fit_router(model, features, torch.tensor(best), seed=settings.seed)
+    router_fit_loss = warm_start_router(model, features, torch.tensor(best), seed=settings.seed)
     if plan is None:
         plan = {"allowance_seconds": max(0.0, train_deadline - time.monotonic()), "spent_seconds": 0.0,
                 "budget_minutes": settings.budget_minutes}
@@ -480,7 +480,7 @@ def _train_control(settings: DemoSettings, model: Any, cache: Any, task: Any, tr
     best = [min(range(model.num_experts), key=lambda e, row=row: row[e]) for row in train_nll]
     best_by_key = {sample_key(s.prompt, s.target): b for s, b in zip(task.train, best, strict=True)}
     features = cached_features(control, control_cache, [s.prompt for s in task.train])
-    router_fit_loss = fit_router(control, features, torch.tensor(best), seed=settings.seed)
+    router_fit_loss = warm_start_router(control, features, torch.tensor(best), seed=settings.seed)
     config = TrainingConfig(**{**settings.training_config(), "max_steps": steps})
     train_task = _route_task_class()(control, best_by_key, settings.route_weight, peer_cache=control_cache)
     pairs = [TextPair(s.prompt, s.target, f"{s.domain}:{s.source}") for s in task.train]

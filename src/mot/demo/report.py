@@ -35,7 +35,7 @@ def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def print_table(results: dict[str, Any], console: Any) -> None:
+def print_summary(results: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     header, rows = table_cells(results)

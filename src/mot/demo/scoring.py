@@ -73,7 +73,7 @@ def cached_features(model: MixtureOfThoughts, cache: PeerStateCache, prompts: Se
     return model.features(prompts) if feats is None else feats.to(next(model.router.parameters()).dtype)
 
 
-def fit_router(model: MixtureOfThoughts, features: torch.Tensor, labels: torch.Tensor, steps: int = 300,
+def warm_start_router(model: MixtureOfThoughts, features: torch.Tensor, labels: torch.Tensor, steps: int = 300,
                lr: float = 1e-2, seed: int = 0) -> float:
     """Warm-start the router: cross-entropy towards each training sample's best expert (lowest loss).
 

@@ -5,7 +5,7 @@
 an expert (:class:`~mot.evaluation.hf_model.HFModel`), a Mixture of Thoughts (``fast`` or ``full``), a
 routed baseline, a moellama checkpoint, a multi-token checkpoint (generation by verified decoding, which
 is the backbone's own greedy output; scoring by the backbone).  ``MotLM.from_spec(spec)`` (or
-``load_model``) resolves any spec ``mot`` resolves.  The three request types:
+``load_scorer_and_generator``) resolves any spec ``mot`` resolves.  The three request types:
 
 ``loglikelihood``
     The model's own ``loglikelihood``: the context's trailing whitespace moves to the continuation, the
@@ -73,7 +73,7 @@ class MotLM(LM):
     ``mot`` once this module is imported (``simple_evaluate(model="mot", model_args="spec=smollm2-135m")``).
 
     ``model``: a loaded mot model (``loglikelihood`` and/or ``generate``), or a spec string resolved with
-    :func:`load_model` (``mode``, ``device``, ``dtype``, ``batch_size`` apply then).  ``generator``: a
+    :func:`load_scorer_and_generator` (``mode``, ``device``, ``dtype``, ``batch_size`` apply then).  ``generator``: a
     separate text generator for ``generate_until`` (a multi-token checkpoint's verified decoder).
     lm-eval's ``create_from_arg_string("spec=...,mode=full")`` and ``simple_evaluate(model=MotLM(...))``
     both work."""
@@ -91,7 +91,7 @@ class MotLM(LM):
         if model is None:
             if spec is None:
                 raise UsageError("MotLM needs a model object or a spec (MotLM(spec='smollm2-135m'))")
-            model, loaded_generator = load_model(spec, mode=mode, device=device or "cpu", dtype=dtype,
+            model, loaded_generator = load_scorer_and_generator(spec, mode=mode, device=device or "cpu", dtype=dtype,
                                                  batch_size=batch_size, **load_options)
             generator = generator or loaded_generator
         self.model = model
@@ -102,7 +102,7 @@ class MotLM(LM):
 
     @classmethod
     def from_spec(cls, spec: str, **options: Any) -> MotLM:
-        """``MotLM`` over the model ``spec`` names (see :func:`load_model` for the options)."""
+        """``MotLM`` over the model ``spec`` names (see :func:`load_scorer_and_generator` for the options)."""
         return cls(spec=spec, **options)
 
     # ------------------------------------------------------------------------------------------ requests
@@ -269,7 +269,7 @@ def model_kind(spec: str) -> str:
     return "expert"
 
 
-def load_model(spec: str, *, mode: str = "fast", device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
+def load_scorer_and_generator(spec: str, *, mode: str = "fast", device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                chat_template: bool = False, lookup: int = 5, tree: int = 3) -> tuple[Any, Any]:
     """``(scorer, generator)`` for ``spec``: the same object for experts, MoT checkpoints (``mode`` fast or
     full; a ``CKPT:full`` spec says it too) and moellama; for a multi-token checkpoint the backbone

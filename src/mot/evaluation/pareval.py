@@ -54,7 +54,6 @@ from mot.errors import DataError, UsageError
 from mot.evaluation.passk import pass_at_k
 from mot.evaluation.sandbox import run_sandboxed
 from mot.generation import GenerationParams
-from mot.io import write_json as atomic_write_json
 
 __all__ = [
     "RUNNABLE_MODELS",
@@ -68,7 +67,6 @@ __all__ = [
     "generate_pareval",
     "load_outputs",
     "speedup_at_k",
-    "write_json",
 ]
 
 RUNNABLE_MODELS = ("serial", "omp", "cuda")
@@ -146,11 +144,6 @@ def generate_pareval(model, prompts: Sequence[ParEvalPrompt], *, num_samples: in
                       max_new_tokens=params.max_new_tokens, prompted=False, outputs=samples)
         records.append(record)
     return records
-
-
-def write_json(data, path: str | Path) -> Path:
-    """Write ``data`` as indented JSON through a temporary file renamed into place."""
-    return atomic_write_json(path, data, indent=2, mode=None)  # mode: owner-only, as before
 
 
 _OUTPUT_KEYS = ("name", "problem_type", "language", "parallelism_model", "prompt", "outputs")

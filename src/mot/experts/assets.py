@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mot.errors import ModelNotFoundError, MotError, UsageError
-from mot.io import FILE_MODE, atomic_directory, atomic_file
+from mot.io import FILE_MODE, atomic_directory, atomic_file, pid_alive, sha256_file
 
 CONVERSION_MARKER = "mot_conversion.json"
 
@@ -243,21 +243,14 @@ def prepare_asset(name: str, *, cache_dir: Path | None = None, install: bool = T
 # ---------------------------------------------------------------------------------------------- files
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _temp_prefix(target: Path) -> str:
-    """Temporaries beside ``target`` are ``.tmp-NAME-PID-XXXXXXXX``: remove_stale_temporaries reads the PID."""
+    """Temporaries beside ``target`` are ``.tmp-NAME-PID-XXXXXXXX``: remove_dead_temporaries reads the PID."""
     return f".tmp-{target.name}-{os.getpid()}-"
 
 
-def remove_stale_temporaries(parent: Path) -> None:
-    """Delete ``.tmp-*`` entries left by killed processes (their pid no longer runs)."""
+def remove_dead_temporaries(parent: Path) -> None:
+    """Delete the ``.tmp-NAME-PID-*`` entries of the cache folder ``parent`` whose writer (the PID) no
+    longer runs: what a killed download, join or conversion left."""
     if not parent.is_dir():
         return
     for entry in parent.glob(".tmp-*"):
@@ -265,18 +258,8 @@ def remove_stale_temporaries(parent: Path) -> None:
             pid = int(entry.name.rsplit("-", 2)[-2])
         except (ValueError, IndexError):
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def asset_gguf_path(asset: GGUFAsset, cache_dir: Path | None = None) -> Path:
@@ -290,7 +273,7 @@ def asset_gguf_path(asset: GGUFAsset, cache_dir: Path | None = None) -> Path:
     if target.is_file() and target.stat().st_size == asset.size:
         verify_file(target, asset.sha256, asset.size, cache, label=asset.hub_id)
         return target
-    remove_stale_temporaries(target.parent)
+    remove_dead_temporaries(target.parent)
     with atomic_file(target, prefix=_temp_prefix(target), suffix="") as tmp:
         digest = hashlib.sha256()
         with open(tmp, "wb") as out:
@@ -315,13 +298,13 @@ def verify_file(path: Path, sha256: str, size: int, cache: Path, *, label: str) 
     stat = path.stat()
     if stat.st_size != size:
         raise MotError(f"{path} is {stat.st_size} bytes, expected {size} for {label}: reinstall the package")
-    actual = file_sha256(path, cache)
+    actual = cached_sha256(path, cache)
     if actual != sha256:
         raise MotError(f"{path} has sha256 {actual[:16]}..., expected {sha256[:16]}... for {label}: "
                        "reinstall the package")
 
 
-def file_sha256(path: Path, cache: Path) -> str:
+def cached_sha256(path: Path, cache: Path) -> str:
     """sha256 of a file, computed once per (path, size, mtime) and remembered under ``cache/gguf-index``."""
     path = Path(path).resolve()
     stat = path.stat()
@@ -380,7 +363,7 @@ def convert_gguf(gguf: Path, out_dir: Path, *, sha256: str | None = None) -> Pat
     gguf = Path(gguf)
     if is_converted(out_dir):
         return out_dir
-    remove_stale_temporaries(out_dir.parent)
+    remove_dead_temporaries(out_dir.parent)
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -28,10 +28,10 @@ from mot.errors import ModelNotFoundError, MotError, UsageError
 from mot.experts.assets import (
     GGUFAsset,
     asset_gguf_path,
+    cached_sha256,
     convert_gguf,
     converted_dir_for,
     default_cache_dir,
-    file_sha256,
     find_asset,
     install_asset,
     is_converted,
@@ -176,7 +176,7 @@ def expert_info(spec: str | os.PathLike | torch.nn.Module, **source_kwargs) -> d
 
 
 def _converted_gguf(path: Path, cache: Path) -> Path:
-    sha256 = file_sha256(path, cache)
+    sha256 = cached_sha256(path, cache)
     target = converted_dir_for(cache, path.name, sha256)
     if not is_converted(target):
         log.warning("converting %s to safetensors once (about a minute); cached in %s", path, target)

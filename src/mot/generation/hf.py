@@ -29,13 +29,20 @@ from mot.generation.threaded import generate_in_thread
 __all__ = ["HFTextGenerator", "StopStringsCriterion", "format_chat"]
 
 
-def format_chat(tokenizer, messages: Sequence[Message]) -> str:
-    """``messages`` through ``tokenizer``'s chat template (with the generation prompt), or as ``role:
-    content`` lines ending in ``assistant:`` when it has none."""
+def format_chat(tokenizer, messages: str | Sequence[Message], *, cue: str = "assistant:") -> str:
+    """The prompt text for chat ``messages``: every model kind formats chat through this one function.
+
+    Through ``tokenizer``'s chat template (with the generation prompt) when it has one; otherwise (or with
+    ``tokenizer=None``) as ``role: content`` lines followed by ``cue``, the text that asks for the reply (a
+    missing role reads ``user``, missing content empty).  A plain string is a prompt already and comes back
+    as it is.  ``cue``: MoT passes ``"assistant: "`` (a trailing space): its prompts have always ended so,
+    and its routing decisions and tokenisation depend on the exact text."""
+    if isinstance(messages, str):
+        return messages
     messages = list(messages)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return "".join(f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in messages) + cue
 
 
 class StopStringsCriterion:

@@ -70,7 +70,7 @@ class DeviceConfig(ConfigModel):
     gpu_ids: list[int] = Field(default_factory=list)
 
 
-class TrainingConfig(ConfigModel):
+class LlamaTrainingConfig(ConfigModel):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(3e-4, gt=0.0)
     epochs: int = Field(1, ge=1)
@@ -110,7 +110,7 @@ class MoeLlamaFileConfig(ConfigModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: LlamaTrainingConfig = Field(default_factory=LlamaTrainingConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
 

@@ -180,8 +180,8 @@ def parameter_breakdown(module) -> dict[str, int]:
 # -------------------------------------------------------------------------------------------- driver
 
 
-def run_evaluation(model_path, cfg, options: EvalOptions, output: Path | None = None,
-                   device: str | None = None) -> EvalReport:
+def evaluate_checkpoint(model_path, cfg, options: EvalOptions, output: Path | None = None,
+                        device: str | None = None) -> EvalReport:
     """Evaluate the model at ``model_path`` (any directory ``checkpoint.load_model`` takes) and write the
     report to ``output`` (default ``<model dir>/report.md``) with ``report.json`` and figures beside it."""
     from mot.moellama.checkpoint import load_model
@@ -231,7 +231,7 @@ def run_benchmarks(model, tokenizer, options: EvalOptions, directory: Path) -> d
         return {}
     from mot.data import benchmark_spec, load_benchmark
     from mot.evaluation.hf_model import HFModel
-    from mot.evaluation.runner import run_evaluation as run_benchmark
+    from mot.evaluation.runner import run_evaluation
 
     specs = [benchmark_spec(name) for name in options.benchmarks]  # unknown names fail before any work
     scorer = HFModel(model, tokenizer, name="moellama", batch_size=options.batch_size)
@@ -239,8 +239,8 @@ def run_benchmarks(model, tokenizer, options: EvalOptions, directory: Path) -> d
     out = {}
     for spec in specs:
         items = load_benchmark(spec.name, options.benchmark_path, limit=options.benchmark_limit)
-        res = run_benchmark(spec.name, {"moellama": scorer}, items, directory / spec.name, params=params,
-                            resume=False, progress=False, report=False, batch_size=options.batch_size)
+        res = run_evaluation(spec.name, {"moellama": scorer}, items, directory / spec.name, params=params,
+                             resume=False, progress=False, report=False, batch_size=options.batch_size)
         out[spec.name] = {"metrics": res["models"]["moellama"]["metrics"], "num_items": res["num_items"],
                           "primary_metric": res["primary_metric"]}
     return out

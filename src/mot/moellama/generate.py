@@ -15,9 +15,10 @@ from mot.generation import (
     sample_next,
     token_stream,
 )
+from mot.generation.hf import format_chat
 from mot.moellama.model import KVCache, MoeLlama
 
-__all__ = ["MoeLlamaGenerator", "filter_logits", "format_prompt", "sample_tokens"]
+__all__ = ["MoeLlamaGenerator", "filter_logits", "sample_tokens"]
 
 
 @torch.no_grad()
@@ -61,14 +62,6 @@ def sample_tokens(
         positions = positions[:, -1:] + 1
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=-1)
 
-
-
-def format_prompt(prompt: str | Sequence[Message]) -> str:
-    """Plain prompts pass through; chat messages become ``role: content`` lines ending in ``assistant:``."""
-    if isinstance(prompt, str):
-        return prompt
-    lines = [f"{m['role']}: {m['content']}" for m in prompt]
-    return "\n".join(lines) + "\nassistant:"
 
 
 class MoeLlamaGenerator:
@@ -115,7 +108,7 @@ class MoeLlamaGenerator:
     def stream(self, prompt: str | Sequence[Message], params: GenerationParams) -> Iterator[str]:
         """Yields ``Piece`` s (``str`` with a ``tokens`` count) as tokens are sampled."""
         eos = self.tokenizer.eos_token_id
-        tokens = self._tokens([format_prompt(prompt)], params)
+        tokens = self._tokens([format_chat(self.tokenizer, prompt)], params)
         try:
             yield from token_stream(([int(step[0])] for step in tokens),
                                     lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), params.stop,
@@ -126,7 +119,7 @@ class MoeLlamaGenerator:
     def generate(self, prompts: Sequence[str | Sequence[Message]], params: GenerationParams) -> list[str]:
         if not prompts:
             return []
-        steps = list(self._tokens([format_prompt(p) for p in prompts], params))
+        steps = list(self._tokens([format_chat(self.tokenizer, p) for p in prompts], params))
         eos = self.tokenizer.eos_token_id
         replies = []
         for row in (torch.stack(steps, 1).tolist() if steps else [[] for _ in prompts]):

@@ -94,7 +94,7 @@ class Attention(nn.Module):
 # --------------------------------------------------------------------------- mixture of experts
 
 
-class Router(nn.Module):
+class MoERouter(nn.Module):
     """Linear gate -> (noise, training only) -> softmax over all experts -> top-k -> renormalise.
 
     The same maths as Mixtral's router, so an exported model routes identically.
@@ -266,7 +266,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.route_scale = cfg.route_scale
-        self.router = Router(cfg)
+        self.router = MoERouter(cfg)
         self.experts = Experts(cfg.num_experts, cfg.dim, cfg.ffn_dim)
         self.shared = SwiGLU(cfg.dim, cfg.ffn_dim) if cfg.shared_expert else None
 
@@ -426,7 +426,7 @@ def init_module(module: nn.Module, cfg: ModelConfig, normal_=nn.init.normal_, on
     if isinstance(module, Attention):
         normal_(module.qkv.weight, mean=0.0, std=std)
         normal_(module.out.weight, mean=0.0, std=residual_std)
-    elif isinstance(module, Router):
+    elif isinstance(module, MoERouter):
         normal_(module.gate.weight, mean=0.0, std=std)
     elif isinstance(module, Experts):
         normal_(module.gate_up, mean=0.0, std=std)

@@ -53,9 +53,9 @@ class MultiTokenConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_heads, int) or self.num_heads < 1:
-            raise UsageError(f"multitoken: --heads must be an integer >= 1, got {self.num_heads!r}")
+            raise UsageError(f"multitoken: num_heads (--heads) must be an integer >= 1, got {self.num_heads!r}")
         if not isinstance(self.k_max, int) or not 1 <= self.k_max <= self.num_heads:
-            raise UsageError(f"multitoken: --k_max must be between 1 and --heads ({self.num_heads}), got {self.k_max!r}")
+            raise UsageError(f"multitoken: k_max (--k-max) must be between 1 and num_heads ({self.num_heads}), got {self.k_max!r}")
         if self.head_layers < 1 or self.router_layers < 1:
             raise UsageError("multitoken: head_layers and router_layers must be >= 1")
         if not 0.0 <= self.draft_threshold <= 1.0:

@@ -17,7 +17,13 @@ import torch
 
 from mot.errors import UsageError
 from mot.multitoken.data import Example, SequenceDataset
-from mot.multitoken.io import META_FILE, backbone_reference, read_meta, save_multitoken, write_metadata
+from mot.multitoken.io import (
+    META_FILE,
+    backbone_reference,
+    read_multitoken_meta,
+    save_multitoken,
+    write_metadata,
+)
 from mot.multitoken.model import MultiTokenModel
 from mot.multitoken.stages import MultiTokenTask, choose_draft_vocab, greedy_continuations
 
@@ -80,7 +86,7 @@ def _training_config(cfg: CurriculumConfig, epochs: float, has_val: bool):
 def _load_stage(model: MultiTokenModel, directory: Path) -> None:
     from safetensors.torch import load_file
 
-    read_meta(directory)
+    read_multitoken_meta(directory)
     state = {**load_file(str(directory / "heads.safetensors")), **load_file(str(directory / "router.safetensors"))}
     model.heads.load_state_dict(state)
 

@@ -108,7 +108,7 @@ def save_multitoken(model: MultiTokenModel, directory: str | Path, *, stage: str
     return final
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
+def read_multitoken_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"'{directory}' is not a multi-token checkpoint (no {META_FILE}); give an s1/, s2/ "
@@ -136,7 +136,7 @@ def load_multitoken(
     tokenizer from the checkpoint, heads and router from safetensors.  ``backbone`` may be given as a loaded
     ``(model, tokenizer)`` pair to skip resolving."""
     directory = Path(directory)
-    meta = read_meta(directory)
+    meta = read_multitoken_meta(directory)
     config = MultiTokenConfig.from_dict(meta["config"])
     ref = meta["backbone"]
     if backbone is None:

@@ -5,8 +5,8 @@ from mot.thoughts.alignment import TokenSpans, VisibilityRule, encode_pair, know
 from mot.thoughts.config import MoTConfig
 from mot.thoughts.features import HashingEncoder, PromptEncoder, SentenceEncoder, make_encoder
 from mot.thoughts.generation import (
-    DecodeStats,
     FullDecoder,
+    FullDecodeStats,
     MoTDecoder,
     MoTTextGenerator,
     recompute_next_logits,
@@ -16,7 +16,7 @@ from mot.thoughts.model import MixtureOfThoughts, MoTOutput, PeerStates, lm_loss
 from mot.thoughts.training import training_loss
 
 __all__ = [
-    "DecodeStats",
+    "FullDecodeStats",
     "FullDecoder",
     "HashingEncoder",
     "InteractionLayer",

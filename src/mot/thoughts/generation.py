@@ -34,6 +34,7 @@ from mot.generation import (
     sample_token,
     template_stops,
 )
+from mot.generation.hf import format_chat
 from mot.thoughts.alignment import (
     VisibilityRule,
     common_prefix,
@@ -46,7 +47,7 @@ from mot.thoughts.alignment import (
     tokenise_segment,
     visibility_mask,
 )
-from mot.thoughts.states import DecodeStats, PeerStates, eos_ids, left_pad, pad_id
+from mot.thoughts.states import FullDecodeStats, PeerStates, eos_ids, left_pad, pad_id
 
 # The decoder takes the model and never imports ``mot.thoughts.model`` (whose thin ``generate``,
 # ``stream``, ``translate`` and ``get_routing_info`` call ``MoTDecoder``): ``Model`` is a ``MixtureOfThoughts``.
@@ -108,7 +109,7 @@ class FullDecoder:
         self.text = ""  # completed characters of the generation
         self.fed = 0  # primary tokens in the primary's cache
         self.state = self.adapter.new_state()
-        self.stats = DecodeStats()
+        self.stats = FullDecodeStats()
         self._context = self.ids[-1:]
 
     # peers --------------------------------------------------------------------------------------
@@ -320,7 +321,7 @@ def recompute_next_logits(model: Model, prompt: str, generated: Sequence[int],
 
 
 def stream_full(model: Model, prompt: str, params: GenerationParams, experts: Sequence[int],
-                weights: torch.Tensor, stats: DecodeStats | None = None) -> Iterator[Piece]:
+                weights: torch.Tensor, stats: FullDecodeStats | None = None) -> Iterator[Piece]:
     """Yield :class:`Piece` s as the primary's tokens are decoded.  Decoding happens between pieces, in
     the consumer's thread: closing the iterator stops it at once."""
     decoder = FullDecoder(model, prompt, experts, weights)
@@ -494,7 +495,7 @@ class MoTDecoder:
         }
 
     def generate(self, prompts: Sequence[str], params: GenerationParams | None = None,
-                 mode: str = "fast", stats: DecodeStats | None = None) -> list[str]:
+                 mode: str = "fast", stats: FullDecodeStats | None = None) -> list[str]:
         """Continue each prompt.  ``mode="fast"``: route once, then the primary's own HF
         ``generate()``; ``"full"``: interaction at every token with KV caches (one sample at a time;
         ``stats`` collects rollback counters)."""
@@ -568,9 +569,8 @@ class MoTTextGenerator:
 
     @staticmethod
     def _prompt(prompt: str | Sequence[Message]) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return "".join(f"{m.get('role', 'user')}: {m.get('content', '')}\n" for m in prompt) + "assistant: "
+        # the plain transcript (the experts' chat templates differ), ending in "assistant: " as MoT always has
+        return format_chat(None, prompt, cue="assistant: ")
 
     def prompt_text(self, prompt: str | Sequence[Message]) -> str:
         """The text the experts see for ``prompt`` (chat messages formatted)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mot.errors import CheckpointError
-from mot.io import atomic_directory
+from mot.io import atomic_directory, pid_alive
 
 FORMAT = "mot-thoughts"
 FORMAT_VERSION = 1
@@ -72,18 +72,6 @@ def _stale_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"^\.{re.escape(name)}\.(?:tmp-(?:(?P<tmp_pid>\d+)-)?[a-z0-9_]{{8}}|old-(?P<old_pid>\d+))$")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's) or cannot tell: keep
-    return True
-
-
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
     """Delete what an interrupted ``save_pretrained`` of ``target`` left next to it, and return it.
 
@@ -111,7 +99,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
                 continue
         except OSError:
             continue
-        if pid is not None and _pid_alive(int(pid)):
+        if pid is not None and pid_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

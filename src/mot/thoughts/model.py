@@ -39,7 +39,7 @@ from mot.thoughts.alignment import (
 from mot.thoughts.config import MoTConfig
 from mot.thoughts.features import PromptEncoder, make_encoder
 from mot.thoughts.interaction import InteractionLayer
-from mot.thoughts.states import DecodeStats, PeerStates, left_pad
+from mot.thoughts.states import FullDecodeStats, PeerStates, left_pad
 from mot.thoughts.states import eos_ids as eos_ids  # re-exported: it lived here
 from mot.thoughts.states import pad_id as _pad_id
 
@@ -248,7 +248,7 @@ class MixtureOfThoughts(nn.Module):
         return self.decoder().get_routing_info(text)
 
     def generate(self, prompts: Sequence[str], params: GenerationParams | None = None,
-                 mode: str = "fast", stats: DecodeStats | None = None) -> list[str]:
+                 mode: str = "fast", stats: FullDecodeStats | None = None) -> list[str]:
         """Continue each prompt (``MoTDecoder.generate``: ``mode`` ``"fast"`` or ``"full"``)."""
         return self.decoder().generate(prompts, params, mode, stats)
 

@@ -35,7 +35,7 @@ class PeerStates:
 
 
 @dataclass
-class DecodeStats:
+class FullDecodeStats:
     """Counters of full-mode decoding (``MixtureOfThoughts.generate(..., mode="full", stats=...)``)."""
 
     peer_rollbacks: int = 0  # times a peer's cache was cropped because its tail tokenisation changed
@@ -77,4 +77,4 @@ def eos_ids(adapter: Any) -> set[int]:
     return ids
 
 
-__all__ = ["DecodeStats", "PeerStates", "eos_ids", "left_pad", "pad_id"]
+__all__ = ["FullDecodeStats", "PeerStates", "eos_ids", "left_pad", "pad_id"]

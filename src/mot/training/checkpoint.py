@@ -18,7 +18,6 @@ checkpoint invalid, and ``resume="auto"`` then falls back to the newest valid on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mot.errors import CheckpointError
-from mot.io import atomic_directory
+from mot.io import atomic_directory, sha256_file
 
 META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -118,12 +117,7 @@ def clean_temp_dirs(run_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------- discovery
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # the name tests/training read; the function is mot.io's
 
 
 def checksums(directory: Path) -> dict[str, str]:
@@ -133,7 +127,7 @@ def checksums(directory: Path) -> dict[str, str]:
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
         if path.is_file() and rel != META_FILE:
-            out[rel] = file_sha256(path)
+            out[rel] = sha256_file(path)
     return out
 
 
@@ -172,7 +166,7 @@ def checkpoint_problem(path: Path) -> str | None:
         file = path / rel
         if not file.is_file():
             return f"missing {rel}"
-        if file_sha256(file) != digest:
+        if sha256_file(file) != digest:
             return f"{rel} does not match its checksum (corrupted)"
     return None
 

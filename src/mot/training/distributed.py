@@ -42,7 +42,7 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+def rank_device(preference: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> the local rank's GPU when CUDA is available, else CPU."""
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,13 +62,13 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
     if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         if dist.is_available() and dist.is_initialized():  # a caller set it up already
             rank, world = dist.get_rank(), dist.get_world_size()
-            device = resolve_device(device_preference, int(os.environ.get("LOCAL_RANK", rank)))
+            device = rank_device(device_preference, int(os.environ.get("LOCAL_RANK", rank)))
             return DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", rank)), device)
-        return DistEnv(0, 1, 0, resolve_device(device_preference, 0))
+        return DistEnv(0, 1, 0, rank_device(device_preference, 0))
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
-    device = resolve_device(device_preference, local_rank)
+    device = rank_device(device_preference, local_rank)
     if dist.is_initialized():
         return DistEnv(rank, world, local_rank, device)
     backend = "nccl" if device.type == "cuda" else "gloo"
