@@ -246,27 +246,16 @@ def _rolling_windows(scorer: HFModel, texts: list[str]) -> list[float]:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def model_kind(spec: str) -> str:
-    """``multitoken``, ``mot``, ``moellama`` or ``expert`` (hub id, local model, ``.gguf``, asset alias)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and (path / "moe_meta.json").is_file():
-        return "multitoken"
-    meta = _read_json(path / "config.json") if path.is_dir() else None
-    if meta is not None and meta.get("format") == "mot-thoughts":
+    """``multitoken``, ``mot``, ``moellama`` or ``expert`` (hub id, local model, ``.gguf``, asset alias): the
+    kind ``mot.loading.spec_kind`` finds, with a ``CKPT:MODE`` suffix naming a MoT checkpoint too."""
+    from mot.loading import spec_kind
+
+    base, sep, _ = spec.rpartition(":")
+    if sep and base and spec_kind(base) == "mot":
         return "mot"
-    if meta is not None and meta.get("model_type") == "moellama":
-        return "moellama"
-    if ":" in spec and model_kind(spec.rsplit(":", 1)[0]) == "mot":
-        return "mot"
-    return "expert"
+    kind = spec_kind(spec)
+    return "expert" if kind == "hf" else kind
 
 
 def load_scorer_and_generator(spec: str, *, mode: str = "fast", device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
@@ -291,6 +280,9 @@ def load_scorer_and_generator(spec: str, *, mode: str = "fast", device: str = "c
         return scorer, MultiTokenGenerator(model, name=spec, lookup=lookup, tree=tree)
     if kind == "moellama":
         import mot.moellama.hf  # noqa: F401 - registers the architecture with AutoModelForCausalLM
+        from mot.loading import moellama_model_dir
+
+        spec = str(moellama_model_dir(spec))  # a run directory or step-*/ checkpoint: its model directory
     if kind == "mot" and not spec.endswith((":fast", ":full")):
         spec = f"{spec}:{mode}"
     rows = pool.models(spec, spec)
