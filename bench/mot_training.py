@@ -7,6 +7,8 @@ batches of real prompt/target pairs (Python standard-library docstring Q&A), one
   losses, backward, AdamW) -- samples/s, tokens/s (primary tokens), peak memory;
 - ``mot_step_cached``: the same step reading peer states and router features from a ``PeerStateCache``;
 - ``experts_forward``: the active experts' own HF forward on the same texts (no grad) -- the floor;
+- ``primary_forward_backward``: each sample's primary alone, forward + backward of its LM loss on the same
+  tokens (frozen weights, gradient through every layer) -- the issue's floor for the cached step (<= 1.25x);
 - ``precompute``: the one-off cost of filling the cache for the batches used.
 
 Ratios (``cache_speedup``, ``overhead_vs_experts_forward``) are taken within one run.  Peak memory is the
@@ -120,6 +122,53 @@ def time_experts_forward(task, batches) -> dict:
             "peak_mb": peak_mb(), "rss_before_mb": before}
 
 
+def time_primary_forward_backward(task, batches) -> dict:
+    """Each sample's primary expert alone (deterministic routing), forward + backward of its LM loss on the
+    same tokens: the weights stay frozen as in MoT, the gradient flows through every layer to the input
+    embeddings (what training anything on the primary costs), logits only for the rows that hold targets
+    (``logits_to_keep``, as MoT's step does).  The issue's floor: MoT step / this <= 1.25."""
+    import torch.nn.functional as F
+
+    from mot.thoughts.alignment import encode_pair
+    from mot.thoughts.states import left_pad, pad_id
+
+    model = task.module
+    model.eval()
+    plans = []
+    for batch in batches:
+        with torch.no_grad():
+            routing = model.router(task.features(batch["prompts"]))
+        plans.append((batch, routing.indices[:, 0].tolist()))
+    tokens = samples = 0
+    before = rss_mb()
+    reset_peak()
+    start = time.perf_counter()
+    for batch, primaries in plans:
+        groups: dict[int, list[int]] = {}
+        for b, e in enumerate(primaries):
+            groups.setdefault(e, []).append(b)
+        for e, rows in groups.items():
+            adapter = model.adapters[e]
+            encoded = [encode_pair(adapter.tokenizer, batch["prompts"][b], batch["targets"][b]) for b in rows]
+            ids, mask = left_pad([x.input_ids for x in encoded], pad_id(adapter.tokenizer))
+            ids, mask = ids.to(adapter.device), mask.to(adapter.device)
+            keep = max(len(x) - x.num_prompt_tokens for x in encoded) + 1
+            embeds = adapter.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            logits = adapter.model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits
+            labels = ids[:, -keep + 1:].clone()
+            for r, x in enumerate(encoded):  # only target tokens count
+                n_target = len(x) - x.num_prompt_tokens
+                labels[r, : labels.shape[1] - n_target] = -100
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                   ignore_index=-100)
+            loss.backward()
+            tokens += sum(len(x) for x in encoded)
+        samples += len(batch["prompts"])
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
+            "peak_mb": peak_mb(), "rss_before_mb": before}
+
+
 def bench_set(name: str, model, pairs, batch_size: int, steps: int, warmup: int, repeats: int = 1) -> dict:
     from mot.thoughts.peer_cache import PeerStateCache
     from mot.thoughts.training import MoTTrainTask
@@ -144,7 +193,7 @@ def bench_set(name: str, model, pairs, batch_size: int, steps: int, warmup: int,
         precompute = {"seconds": time.perf_counter() - start, "samples": len(pairs),
                       "disk_mb": cache.disk_bytes() / 2**20}
         cached_task = MoTTrainTask(model, peer_cache=cache)
-        runs: dict[str, list[dict]] = {"plain": [], "cached": [], "forward": []}
+        runs: dict[str, list[dict]] = {"plain": [], "cached": [], "forward": [], "primary": []}
         # alternate the three phases and keep each one's fastest repeat: on a shared, loaded machine
         # the load drifts, and the minimum is the least disturbed measurement
         for _ in range(repeats):
@@ -154,9 +203,12 @@ def bench_set(name: str, model, pairs, batch_size: int, steps: int, warmup: int,
                 torch.manual_seed(0)
                 runs[label].append(time_steps(which, timed, fresh_optimizer()))
             runs["forward"].append(time_experts_forward(task, timed))
-        plain, cached, forward = (min(runs[k], key=lambda r: r["seconds"]) for k in ("plain", "cached", "forward"))
+            runs["primary"].append(time_primary_forward_backward(task, timed))
+        plain, cached, forward, primary = (min(runs[k], key=lambda r: r["seconds"])
+                                           for k in ("plain", "cached", "forward", "primary"))
     print(f"[{name}] samples/s: mot step {plain['samples_per_s']:.3f}, cached {cached['samples_per_s']:.3f}, "
-          f"experts forward {forward['samples_per_s']:.3f}", flush=True)
+          f"experts forward {forward['samples_per_s']:.3f}, primary forward+backward {primary['samples_per_s']:.3f}; "
+          f"cached step / primary forward+backward {cached['seconds'] / primary['seconds']:.2f}", flush=True)
     return {
         "experts": list(model.expert_specs),
         "mot_config": model.config.model_dump(mode="json", include={"num_stacks", "top_k", "shared_dim",
@@ -167,10 +219,13 @@ def bench_set(name: str, model, pairs, batch_size: int, steps: int, warmup: int,
         "mot_step": plain,
         "mot_step_cached": cached,
         "experts_forward": forward,
+        "primary_forward_backward": primary,
         "precompute": precompute,
         "cache_speedup": plain["seconds"] / cached["seconds"],
         "overhead_vs_experts_forward": plain["seconds"] / forward["seconds"],
         "overhead_cached_vs_experts_forward": cached["seconds"] / forward["seconds"],
+        "cached_step_vs_primary_forward_backward": cached["seconds"] / primary["seconds"],
+        "step_vs_primary_forward_backward": plain["seconds"] / primary["seconds"],
     }
 
 
@@ -182,7 +237,8 @@ def bench_tiny(args, pairs) -> dict:
     tiny = build_tiny_experts(tiny_dir)
     families = ("gpt2", "llama", "qwen2")
     experts = [load_tiny_expert(tiny[f]) for f in families]
-    config = MoTConfig(num_stacks=2, top_k=2, interaction_heads=4, router_hidden_dim=32, encoder="hashing-64")
+    config = MoTConfig(num_stacks=2, top_k=2, interaction_heads=4, router_hidden_dim=32, encoder="hashing-64",
+                       lambda_consistency=args.lambda_consistency)
     torch.manual_seed(0)
     model = build_mot(experts, list(families), config)
     model.encoder = HashingEncoder(64)
@@ -195,7 +251,8 @@ def bench_real(args, pairs) -> dict:
 
     specs = ["smollm2-135m", "qwen2.5-coder-0.5b"]
     experts = [resolve_expert(s) for s in specs]
-    config = MoTConfig(num_stacks=2, top_k=2, shared_dim=256, interaction_heads=4, router_hidden_dim=128)
+    config = MoTConfig(num_stacks=2, top_k=2, shared_dim=256, interaction_heads=4, router_hidden_dim=128,
+                       lambda_consistency=args.lambda_consistency)
     torch.manual_seed(0)
     model = build_mot(experts, specs, config)
     model.features(["warm up the sentence encoder"])
@@ -213,6 +270,8 @@ def main() -> None:
     parser.add_argument("--real-repeats", type=int, default=1)
     parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--real", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--lambda-consistency", type=float, default=0.05,
+                        help="MoTConfig.lambda_consistency (0: no second routing pass, so no second forward)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, loaded CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -133,34 +133,53 @@ def _method(label: str, kind: str, samples: Sequence[Any], nll: Sequence[float],
         idx = [i for i, s in enumerate(samples) if s.domain == d]
         per_domain[d] = _summary([nll[i] for i in idx], [tokens[i] for i in idx], [nbytes[i] for i in idx])
     return {"label": label, "kind": kind, "primary": primary, "per_domain": per_domain,
-            "overall": _summary(nll, tokens, nbytes)}
+            "overall": _summary(nll, tokens, nbytes), "sample_nll": [float(x) for x in nll], "sample_bytes": nbytes}
+
+
+def _paired_ci(a: dict[str, Any], b: dict[str, Any], resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile CI of ``a - b`` in nats per target byte (sum of NLL over sum of bytes), test samples
+    resampled with replacement, the same draw for both methods; None without per-sample losses."""
+    import random
+
+    if "sample_nll" not in a or "sample_nll" not in b:
+        return None
+    diff, nbytes = [x - y for x, y in zip(a["sample_nll"], b["sample_nll"], strict=True)], a["sample_bytes"]
+    rng, n = random.Random(seed), len(diff)
+    draws = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        draws.append(sum(diff[i] for i in idx) / max(sum(nbytes[i] for i in idx), 1))
+    draws.sort()
+    return draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]
 
 
 def _verdict(methods: list[dict[str, Any]], control: dict[str, Any] | None = None) -> list[str]:
+    """One line per comparison of MoT: "lower" or "higher" only where the paired bootstrap 95% CI of the
+    difference (over the test samples) excludes 0, else "ties"."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for m in methods:
         by_kind.setdefault(m["kind"], []).append(m)
-    mot = by_kind["mot"][0]["overall"]["nats_per_byte"]
+    mot = by_kind["mot"][0]
     best_expert = min(by_kind["expert"], key=lambda m: m["overall"]["nats_per_byte"])
-    routing = by_kind["routing"][0]["overall"]["nats_per_byte"]
-    oracle = by_kind["oracle"][0]["overall"]["nats_per_byte"]
-    be = best_expert["overall"]["nats_per_byte"]
 
-    def rel(a: float, b: float) -> str:
-        return f"{(a - b) / b:+.1%}"
+    def line(name: str, other: dict[str, Any], note: str = "") -> str:
+        a, b = mot["overall"]["nats_per_byte"], other["overall"]["nats_per_byte"]
+        ci = _paired_ci(mot, other)
+        if ci is None:
+            word = "MoT is lower" if a < b else "MoT is NOT lower"
+            stats = f"{(a - b) / b:+.1%}"
+        else:
+            lo, hi = ci
+            word = "MoT is lower" if hi < 0 else "MoT is higher" if lo > 0 else "MoT ties"
+            stats = f"{a - b:+.4f} nats/byte, 95% CI [{lo:+.4f}, {hi:+.4f}], {len(mot['sample_nll'])} samples"
+        return f"MoT {a:.3f} vs {name} {b:.3f}: {word} ({stats}{note})"
 
     lines = [] if control is None else [
-        f"MoT {mot:.3f} vs its capacity control (same MoT, peers = copies of the primary) "
-        f"{control['overall']['nats_per_byte']:.3f}: "
-        + ("MoT is lower" if mot < control["overall"]["nats_per_byte"] else "MoT is NOT lower")
-        + f" ({rel(mot, control['overall']['nats_per_byte'])}; what collaboration adds)"]
+        line("its capacity control (same MoT, peers = copies of the primary)", control, "; what collaboration adds")]
     return lines + [
-        f"MoT {mot:.3f} vs best single expert ({best_expert['label']}) {be:.3f}: "
-        + ("MoT is lower" if mot < be else "MoT is NOT lower") + f" ({rel(mot, be)})",
-        f"MoT vs learned routing alone {routing:.3f}: " + ("MoT is lower" if mot < routing else "MoT is NOT lower")
-        + f" ({rel(mot, routing)})",
-        f"MoT vs oracle routing {oracle:.3f}: " + ("MoT is lower" if mot < oracle else "MoT is NOT lower")
-        + f" ({rel(mot, oracle)})",
+        line(f"best single expert ({best_expert['label']})", best_expert),
+        line("learned routing alone", by_kind["routing"][0]),
+        line("oracle routing", by_kind["oracle"][0]),
     ]
 
 
