@@ -76,6 +76,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "er0_heads1": ({"peer_visibility": "exact", "interaction_position": "recency", "interaction_heads": 1},
                    {"primary": 0}),
     "er0_lr_x3": ({"peer_visibility": "exact", "interaction_position": "recency"}, {"primary": 0, "lr_mult": 3.0}),
+    # the learned router with the options that train the interaction faster
+    "er_gate_open_lr_x3": ({"peer_visibility": "exact", "interaction_position": "recency", "gate_init": 1.0},
+                           {"lr_mult": 3.0}),
     "lr_x3": ({}, {"lr_mult": 3.0}),
     "steps_x3": ({}, {"steps_mult": 3.0}),
 }
