@@ -122,17 +122,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     out = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         keys, value = parse_override(item)
-        node = out
-        for depth, k in enumerate(keys[:-1]):
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            elif not isinstance(nxt, dict):
-                path = ".".join(keys[: depth + 1])
-                raise ConfigError(f"--set {item!r}: {path} is a {type(nxt).__name__}, not a section")
-            node = nxt
-        node[keys[-1]] = value
+        set_key(out, keys, value, f"--set {item!r}")
     return out
+
+
+def set_key(data: dict[str, Any], keys: Sequence[str], value: Any, source: str) -> None:
+    """Set ``data[keys[0]][keys[1]]... = value`` in place, creating missing sections; a key on the way
+    that holds a value, not a section, is one ConfigError naming ``source`` (what set it)."""
+    node = data
+    for depth, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {'.'.join(keys[: depth + 1])} is a {type(nxt).__name__}, not a section")
+        node = nxt
+    node[keys[-1]] = value
 
 
 def validate_config(data: dict[str, Any], schema: type[T], source: str = "<config>") -> T:

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import Field, create_model
 
-from mot.config import ConfigModel, apply_overrides, read_config_file, validate_config
+from mot.config import ConfigModel, apply_overrides, read_config_file, set_key, validate_config
 from mot.errors import UsageError
 from mot.multitoken.config import MultiTokenConfig
 from mot.multitoken.curriculum import CurriculumConfig
@@ -99,13 +99,8 @@ def load_multitoken_run_config(config: str | Path | None = None, overrides: typi
     data = read_config_file(config) if config is not None else {}
     data = apply_overrides(data, overrides)
     for name, value in (flags or {}).items():
-        *sections, key = FLAG_KEYS[name].split(".")
-        node = data
-        for section in sections:
-            if not isinstance(node.get(section), dict):
-                node[section] = {}
-            node = node[section]
-        node[key] = str(value) if isinstance(value, Path) else value
+        set_key(data, FLAG_KEYS[name].split("."), str(value) if isinstance(value, Path) else value,
+                f"--{name.replace('_', '-')}")
     cfg = validate_config(data, MultiTokenRunConfig, str(config) if config is not None else "command line")
     for key, flag in (("backbone.model", "--model"), ("data", "--data"), ("out", "--out")):
         section, _, name = key.rpartition(".")
