@@ -84,13 +84,22 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of ``a - b`` over items and its percentile 95% CI (items resampled with replacement)."""
+def paired_bootstrap(a: list[float], b: list[float], samples: int = 2000, seed: int = 0,
+                     weights: list[float] | None = None) -> dict[str, float]:
+    """Mean of ``a - b`` over items and its percentile 95% CI (items resampled with replacement, the same
+    draw for both: paired).  ``weights``: ``sum(a - b) / sum(weights)`` over the drawn items instead of the
+    mean (summed nats over summed target bytes: nats per byte)."""
     rng = random.Random(seed)
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    return {"mean": sum(diffs) / n, "lo": means[int(0.025 * samples)], "hi": means[int(0.975 * samples) - 1]}
+    w = [1.0] * n if weights is None else weights
+
+    def stat(drawn: Any) -> float:
+        return sum(diffs[i] for i in drawn) / sum(w[i] for i in drawn)
+
+    draws = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(samples))
+    return {"mean": stat(range(n)), "lo": draws[int(0.025 * samples)], "hi": draws[int(0.975 * samples) - 1],
+            "items": n}
 
 
 def bootstrap_mean(a: list[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -466,22 +475,6 @@ def score_real(model: Any, items: list[tuple[str, str, str]], primary: int, stor
     return nats
 
 
-def ratio_bootstrap(a: list[float], b: list[float] | None, nbytes: list[int], samples: int = 2000,
-                    seed: int = 0) -> dict[str, float]:
-    """``(sum a - sum b) / sum bytes`` (nats per target byte; ``b`` None: 0) and its percentile 95% CI, items
-    resampled with replacement (the same draw for both: paired)."""
-    b = [0.0] * len(a) if b is None else b
-    rng = random.Random(seed)
-    n = len(a)
-
-    def stat(idx: Any) -> float:
-        return sum(a[i] - b[i] for i in idx) / sum(nbytes[i] for i in idx)
-
-    draws = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(samples))
-    return {"mean": stat(range(n)), "lo": draws[int(0.025 * samples)], "hi": draws[int(0.975 * samples) - 1],
-            "items": n}
-
-
 def real_setting(args: argparse.Namespace, setting: str, experts: list[Any], store_dir: Path) -> dict[str, Any]:
     from mot.evaluation.metrics import paired_bootstrap_ci
     from mot.thoughts import HashingEncoder, MoTConfig
@@ -541,7 +534,7 @@ def real_setting(args: argparse.Namespace, setting: str, experts: list[Any], sto
 
         per_item[label] = cached_row(label, run_row)
         print(f"[{setting}] {label}: {sum(per_item[label]) / sum(nbytes):.4f} nats/byte", file=sys.stderr, flush=True)
-    rows = {k: ratio_bootstrap(v, None, nbytes) for k, v in per_item.items()}
+    rows = {k: paired_bootstrap(v, [0.0] * len(v), weights=nbytes) for k, v in per_item.items()}
     diffs: dict[str, Any] = {}
     pairs = [("MoT [exact_recency]", "control [exact_recency]"), ("MoT [default]", "control [default]"),
              ("MoT [exact_recency]", "MoT [default]"), ("MoT [default]", "control [exact_recency]"),
@@ -550,7 +543,7 @@ def real_setting(args: argparse.Namespace, setting: str, experts: list[Any], sto
     per_byte = {k: [x / b for x, b in zip(v, nbytes, strict=True)] for k, v in per_item.items()}
     for a, b in pairs:
         if a in per_item and b in per_item:
-            diffs[f"{a} - {b}"] = {**ratio_bootstrap(per_item[a], per_item[b], nbytes),
+            diffs[f"{a} - {b}"] = {**paired_bootstrap(per_item[a], per_item[b], weights=nbytes),
                                    "per_item_mean": paired_bootstrap_ci(per_byte[a], per_byte[b])}
     record.update({"rows": rows, "differences": diffs, "per_item_nats": per_item, "target_bytes": nbytes,
                    "test_groups_list": sorted({g for _, _, g in test})})

@@ -36,6 +36,7 @@ from mot.demo.report import plot_confusion, plot_domain_bars, plot_loss_curve, p
 from mot.demo.scoring import cached_features, expert_nll, mot_nll, route, warm_start_router
 from mot.demo.settings import DOMAINS, DemoSettings
 from mot.errors import UsageError
+from mot.evaluation.metrics import paired_bootstrap_ci
 from mot.io import write_json
 
 logger = logging.getLogger("mot.demo")
@@ -136,23 +137,6 @@ def _method(label: str, kind: str, samples: Sequence[Any], nll: Sequence[float],
             "overall": _summary(nll, tokens, nbytes), "sample_nll": [float(x) for x in nll], "sample_bytes": nbytes}
 
 
-def _paired_ci(a: dict[str, Any], b: dict[str, Any], resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
-    """95% percentile CI of ``a - b`` in nats per target byte (sum of NLL over sum of bytes), test samples
-    resampled with replacement, the same draw for both methods; None without per-sample losses."""
-    import random
-
-    if "sample_nll" not in a or "sample_nll" not in b:
-        return None
-    diff, nbytes = [x - y for x, y in zip(a["sample_nll"], b["sample_nll"], strict=True)], a["sample_bytes"]
-    rng, n = random.Random(seed), len(diff)
-    draws = []
-    for _ in range(resamples):
-        idx = [rng.randrange(n) for _ in range(n)]
-        draws.append(sum(diff[i] for i in idx) / max(sum(nbytes[i] for i in idx), 1))
-    draws.sort()
-    return draws[int(0.025 * resamples)], draws[int(0.975 * resamples) - 1]
-
-
 def _verdict(methods: list[dict[str, Any]], control: dict[str, Any] | None = None) -> list[str]:
     """One line per comparison of MoT: "lower" or "higher" only where the paired bootstrap 95% CI of the
     difference (over the test samples) excludes 0, else "ties"."""
@@ -164,15 +148,11 @@ def _verdict(methods: list[dict[str, Any]], control: dict[str, Any] | None = Non
 
     def line(name: str, other: dict[str, Any], note: str = "") -> str:
         a, b = mot["overall"]["nats_per_byte"], other["overall"]["nats_per_byte"]
-        ci = _paired_ci(mot, other)
-        if ci is None:
-            word = "MoT is lower" if a < b else "MoT is NOT lower"
-            stats = f"{(a - b) / b:+.1%}"
-        else:
-            lo, hi = ci
-            word = "MoT is lower" if hi < 0 else "MoT is higher" if lo > 0 else "MoT ties"
-            stats = f"{a - b:+.4f} nats/byte, 95% CI [{lo:+.4f}, {hi:+.4f}], {len(mot['sample_nll'])} samples"
-        return f"MoT {a:.3f} vs {name} {b:.3f}: {word} ({stats}{note})"
+        ci = paired_bootstrap_ci(mot["sample_nll"], other["sample_nll"], weights=mot["sample_bytes"])
+        lo, hi = ci["low"], ci["high"]
+        word = "MoT is lower" if hi < 0 else "MoT is higher" if lo > 0 else "MoT ties"
+        return (f"MoT {a:.3f} vs {name} {b:.3f}: {word} ({ci['diff']:+.4f} nats/byte, 95% CI [{lo:+.4f}, "
+                f"{hi:+.4f}], {ci['n']} samples{note})")
 
     lines = [] if control is None else [
         line("its capacity control (same MoT, peers = copies of the primary)", control, "; what collaboration adds")]

@@ -153,21 +153,28 @@ def score_translations(
 
 
 def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000, seed: int = 0,
-                        confidence: float = 0.95) -> dict[str, float]:
+                        confidence: float = 0.95, weights: Sequence[float] | None = None) -> dict[str, float]:
     """Mean of ``a - b`` over paired per-item scores and its percentile bootstrap interval: items are
     resampled with replacement ``resamples`` times (seeded), the same draw for both systems.
-    Returns ``{"diff", "low", "high", "n"}``."""
+    ``weights``: the statistic is ``sum(a - b) / sum(weights)`` over the drawn items instead of the mean
+    (e.g. summed NLL over summed target bytes: nats per byte).  Returns ``{"diff", "low", "high", "n"}``."""
     import random
 
-    if len(a) != len(b):
-        raise ValueError(f"paired scores need the same items: {len(a)} vs {len(b)}")
+    if len(a) != len(b) or (weights is not None and len(weights) != len(a)):
+        raise ValueError(f"paired scores need the same items: {len(a)} vs {len(b)}"
+                         + (f" (and {len(weights)} weights)" if weights is not None else ""))
     n = len(a)
     if n == 0:
         return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
     diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    w = [1.0] * n if weights is None else [float(x) for x in weights]
     rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    stats = []
+    for _ in range(resamples):
+        drawn = [rng.randrange(n) for _ in range(n)]
+        stats.append(sum(diffs[i] for i in drawn) / sum(w[i] for i in drawn))
+    stats.sort()
     tail = (1.0 - confidence) / 2
-    low = means[int(tail * (resamples - 1))]
-    high = means[int(round((1 - tail) * (resamples - 1)))]
-    return {"diff": sum(diffs) / n, "low": low, "high": high, "n": n}
+    low = stats[int(tail * (resamples - 1))]
+    high = stats[int(round((1 - tail) * (resamples - 1)))]
+    return {"diff": sum(diffs) / sum(w), "low": low, "high": high, "n": n}
