@@ -87,11 +87,9 @@ def time_steps(task, batches, optimizer) -> dict:
             "tokens_per_s": tokens / seconds, "peak_mb": peak_mb(), "rss_before_mb": before}
 
 
-def time_experts_forward(task, batches) -> dict:
-    """Each sample's active experts (deterministic routing) run their own HF forward, no grad."""
-    from mot.thoughts.alignment import encode_pair
-    from mot.thoughts.model import _pad_id, left_pad
-
+def routing_plans(task, batches) -> list[tuple[dict, list[list[int]]]]:
+    """Each batch with its samples' active experts (primary first), routed once in eval mode (deterministic),
+    before any timing starts."""
     model = task.module
     model.eval()
     plans = []
@@ -99,6 +97,16 @@ def time_experts_forward(task, batches) -> dict:
         with torch.no_grad():
             routing = model.router(task.features(batch["prompts"]))
         plans.append((batch, routing.indices.tolist()))
+    return plans
+
+
+def time_experts_forward(task, batches) -> dict:
+    """Each sample's active experts (deterministic routing) run their own HF forward, no grad."""
+    from mot.thoughts.alignment import encode_pair
+    from mot.thoughts.model import _pad_id, left_pad
+
+    model = task.module
+    plans = routing_plans(task, batches)
     tokens = samples = 0
     before = rss_mb()
     reset_peak()
@@ -133,12 +141,7 @@ def time_primary_forward_backward(task, batches) -> dict:
     from mot.thoughts.states import left_pad, pad_id
 
     model = task.module
-    model.eval()
-    plans = []
-    for batch in batches:
-        with torch.no_grad():
-            routing = model.router(task.features(batch["prompts"]))
-        plans.append((batch, routing.indices[:, 0].tolist()))
+    plans = [(batch, [row[0] for row in indices]) for batch, indices in routing_plans(task, batches)]
     tokens = samples = 0
     before = rss_mb()
     reset_peak()
