@@ -5,38 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from mot.cli.llama_cmd import app
-from tests.moellama.conftest import CORPUS
-
-TINY = ["model.vocab_size=320", "model.dim=32", "model.num_layers=2", "model.num_heads=4", "model.num_kv_heads=2",
-        "model.num_experts=4", "model.top_k=2", "model.ffn_dim=48", "model.max_seq_len=64",
-        "training.seq_len=32", "training.batch_size=4", "training.learning_rate=0.003", "training.warmup_steps=2",
-        "training.eval_steps=3", "training.max_val_windows=4", "training.val_fraction=0.25", "device.type=cpu",
-        "inference.max_new_tokens=8"]
-
-
-def _sets(items):
-    return [arg for item in items for arg in ("--set", item)]
+from tests.moellama.conftest import TINY, sets, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("llama-cli")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(CORPUS[:16]):
-        (corpus / f"doc{i:02d}.txt").write_text(text * 3, encoding="utf-8")
-    overrides = [*TINY, f"training.dataset={corpus}", f"paths.output_dir={root / 'run'}",
-                 f"paths.model_path={root / 'model'}", "training.max_steps=4"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
-    try:
-        result = CliRunner().invoke(app, ["train", "--no-progress", *_sets(overrides)])
-    finally:
-        torch.set_num_threads(threads)
+    overrides, result = train_tiny_run(root, 4)
     assert result.exit_code == 0, result.output
     return root, overrides, result.output
 
@@ -64,7 +42,7 @@ def test_train_writes_checkpoints_and_an_hf_native_model_with_its_records(traine
 def test_resume_auto_continues_from_the_newest_checkpoint(trained):
     root, overrides, _ = trained
     more = [o for o in overrides if not o.startswith("training.max_steps")] + ["training.max_steps=6"]
-    result = CliRunner().invoke(app, ["train", "--no-progress", "--resume", "auto", *_sets(more)])
+    result = CliRunner().invoke(app, ["train", "--no-progress", "--resume", "auto", *sets(more)])
     assert result.exit_code == 0, result.output
     assert "trained 6 steps" in result.output
     steps = [json.loads(line)["step"] for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +54,7 @@ def test_generate_runs_a_batch_of_prompts_and_greedy_is_deterministic(trained, t
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("First Citizen:\nAll:\n", encoding="utf-8")
     args = ["generate", "--model-path", str(root / "model"), "--prompts-file", str(prompts), "--prompt", "café",
-            "--max-tokens", "6", "--temperature", "0", *_sets(TINY)]
+            "--max-tokens", "6", "--temperature", "0", *sets(TINY)]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert first.output.count("--- [") == 3 and "First Citizen:" in first.output and "café" in first.output
