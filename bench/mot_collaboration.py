@@ -624,6 +624,16 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
 
 
 
+def write_result(result: dict[str, Any], name: str, args: argparse.Namespace, t0: float) -> Path:
+    """Add the run's command, wall time and load to ``result`` and write ``bench/results/NAME[_TAG].json``."""
+    result.update({"command": " ".join(["python", "bench/mot_collaboration.py", *sys.argv[1:]]),
+                   "wall_seconds": time.perf_counter() - t0, "threads": args.threads,
+                   "loadavg_end": os.getloadavg()[0]})
+    out = ROOT / "bench" / "results" / f"{name}{'_' + args.tag if args.tag else ''}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", nargs="+", default=["default"], choices=sorted(VARIANTS))
@@ -664,11 +674,7 @@ def main() -> None:
         main_real(args, t0)
         return
     result = composition(args)
-    result.update({"command": " ".join(["python", "bench/mot_collaboration.py", *sys.argv[1:]]),
-                   "wall_seconds": time.perf_counter() - t0, "threads": args.threads,
-                   "loadavg_end": os.getloadavg()[0]})
-    out = ROOT / "bench" / "results" / f"mot_collaboration{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out = write_result(result, "mot_collaboration", args, t0)
     cap = result["task"]["cap_nats"]
     print(f"\ncomposition task: {result['task']['test_queries']} held-out queries, cap log({args.values}) = {cap:.3f}")
     print(f"  {'method':<34} {'nats/query [95% CI]':>26} {'foreign value nats [95% CI]':>30}")
@@ -688,11 +694,7 @@ def main() -> None:
 
 def main_real(args: argparse.Namespace, t0: float) -> None:
     result = real(args)
-    result.update({"command": " ".join(["python", "bench/mot_collaboration.py", *sys.argv[1:]]),
-                   "wall_seconds": time.perf_counter() - t0, "threads": args.threads,
-                   "loadavg_end": os.getloadavg()[0]})
-    out = ROOT / "bench" / "results" / f"mot_collaboration_real{'_' + args.tag if args.tag else ''}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    out = write_result(result, "mot_collaboration_real", args, t0)
     for setting, rec in result["settings"].items():
         print(f"\n{setting}: {rec['train_items']} train / {rec['test_items']} held-out items "
               f"({rec['test_groups']} held-out groups), nats per target byte [95% CI]")
