@@ -48,8 +48,5 @@ def sample_next(logits: torch.Tensor, params: GenerationParams,
 
 
 def sample_token(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None = None) -> int:
-    """One token from ``logits [V]``: greedy, or sampled on the CPU (``generator`` a CPU generator or None)."""
-    if params.greedy:
-        return int(torch.argmax(logits.float()))
-    probs = warp_probs(logits, params.temperature, params.top_k, params.top_p)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    """One token from ``logits [V]``: :func:`sample_next` on the CPU (``generator`` a CPU generator or None)."""
+    return int(sample_next(logits.cpu(), params, generator))
