@@ -54,12 +54,15 @@ class MoTConfig(ConfigModel):
                     "pre-token lag (more cut texts differ from the whole text's tokenisation: more branch "
                     "states to compute)")
 
-    peers: Literal["routed", "self"] = Field(
+    peers: Literal["routed", "self", "adapter"] = Field(
         "routed",
         description="whose states fill the peer slots. 'routed': the router's top-k peers (Mixture of Thoughts); "
                     "'self': the capacity control -- every peer slot holds a copy of the primary (its own frozen "
                     "states, read through the primary's projection), with the same router, interaction layers, "
-                    "trainable size and training; MoT minus this control is what collaboration adds")
+                    "trainable size and training; MoT minus this control is what collaboration adds; "
+                    "'adapter': the second capacity control -- no peers at all: each interaction layer's own "
+                    "parameters act as a token-wise MLP adapter on the routed primary (same trainable size, "
+                    "its update scaled by the primary's routing weight so the LM loss reaches the router)")
 
     interaction_scale: Literal["keys_values", "values", "none"] = Field(
         "keys_values",

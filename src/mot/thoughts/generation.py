@@ -94,6 +94,7 @@ class FullDecoder:
         self.model = model
         self.prompt = prompt
         self.primary = int(experts[0])
+        self.primary_weight = weights[0].reshape(1)
         self.adapter = model.adapters[self.primary]
         self.tokenizer = self.adapter.tokenizer
         mode = model.config.peer_visibility
@@ -200,7 +201,8 @@ class FullDecoder:
             # each peer's columns are in text order, as in the forward's views: the same distances
             distance = (torch.cat([peer_distance(m) for m in masks], dim=-1) if masks
                         else torch.zeros(chunk.shape[1], 0, dtype=torch.long)).unsqueeze(0).to(adapter.device)
-        hidden = model._walk_primary(self.primary, self.state, chunk, None, peer_kv, allowed, None, distance)
+        hidden = model._walk_primary(self.primary, self.state, chunk, None, peer_kv, allowed, None, distance,
+                                     self.primary_weight.to(adapter.device))
         self.fed = len(self.ids)
         return adapter.logits(hidden[:, -1:])[0, -1]
 
@@ -317,7 +319,7 @@ def recompute_next_logits(model: Model, prompt: str, generated: Sequence[int],
         peers.append((int(e), weights[k], states))
     with torch.no_grad():
         views = model.peer_views(prompt, text, torch.tensor(ends, dtype=torch.long), peers)
-        return model._primary_pass(primary, [ids], [views])[0][-1]
+        return model._primary_pass(primary, [ids], [views], primary_weights=[weights[0]])[0][-1]
 
 
 def stream_full(model: Model, prompt: str, params: GenerationParams, experts: Sequence[int],

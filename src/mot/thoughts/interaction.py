@@ -63,6 +63,21 @@ class InteractionLayer(nn.Module):
             values = values * scale
         return self._split(keys), self._split(values)
 
+    def adapt(self, primary: int, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The adapter capacity control (``MoTConfig.peers="adapter"``): the same parameters as one
+        interaction, used as a token-wise MLP on the primary alone -- project into the shared space, three
+        GELU layers (query, key, value), ``out``, back to the primary's size -- added through the same gate.
+        ``weight [B]``: the primary's routing weight, scaling the update as a peer's weight scales what it
+        exposes (so the LM loss reaches the router)."""
+        x = self.project(primary, hidden)
+        for layer in (self.query, self.key, self.value):
+            x = F.gelu(layer(x))
+        mixed = F.dropout(self.out(x), self.dropout, self.training)
+        update = self.from_shared[primary](mixed)
+        if weight is not None:
+            update = update * weight.to(update.dtype).view(-1, 1, 1)
+        return hidden + (self.gates[primary] * update).to(hidden.dtype)
+
     def forward(self, primary: int, hidden: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 allowed: torch.Tensor, distance: torch.Tensor | None = None) -> torch.Tensor:
         """``hidden [B, T, H_p]`` of the primary; ``keys``/``values`` ``[B, heads, L, d]`` of all active peers;

@@ -272,8 +272,11 @@ class MixtureOfThoughts(nn.Module):
     def peer_experts(self, active: Sequence[int]) -> list[int]:
         """The experts whose states fill the peer slots of a sample routed to ``active`` (primary first):
         the routed peers, or with ``config.peers == "self"`` (the capacity control) the primary in every
-        slot.  Slot ``k`` keeps the routing weight of ``active[k + 1]``."""
+        slot, or none with ``"adapter"`` (the adapter control).  Slot ``k`` keeps the routing weight of
+        ``active[k + 1]``."""
         active = [int(e) for e in active]
+        if self.config.peers == "adapter":
+            return []
         if self.config.peers == "self":
             return [active[0]] * (len(active) - 1)
         return active[1:]
@@ -318,12 +321,14 @@ class MixtureOfThoughts(nn.Module):
                       peer_kv: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                       allowed: torch.Tensor,
                       first_stack: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      distance: torch.Tensor | None = None) -> torch.Tensor:
+                      distance: torch.Tensor | None = None,
+                      primary_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Embed a chunk of primary tokens and walk every stack with interaction -> hidden ``[B, T, H]``.
 
         ``first_stack``: maps the embeddings to the states after the first stack (precomputed: they
         depend on the input only), which then is not run; the later stacks' layers do not read its
-        KV cache, so a full-sequence pass is unchanged (the cache is unusable for decoding after)."""
+        KV cache, so a full-sequence pass is unchanged (the cache is unusable for decoding after).
+        ``primary_weight [B]``: the primary's routing weight (the adapter control's update scale)."""
         adapter = self.adapters[primary]
         if distance is None and allowed.shape[-1] and self.config.interaction_position != "none":
             raise ValueError(f"interaction_position={self.config.interaction_position!r} needs the peer "
@@ -334,16 +339,20 @@ class MixtureOfThoughts(nn.Module):
                 hidden = first_stack(hidden)
             else:
                 hidden = adapter.run_layers(hidden, start, stop, state)
-            if allowed.shape[-1]:
+            if self.config.peers == "adapter":
+                hidden = self.interactions[q].adapt(primary, hidden, primary_weight)
+            elif allowed.shape[-1]:
                 keys, values = peer_kv(q)
                 hidden = self.interactions[q](primary, hidden, keys, values, allowed, distance)
         return hidden
 
     def _primary_pass(self, primary: int, token_ids: list[torch.Tensor],
                       views: list[list[PeerView]],
-                      first_states: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                      first_states: Sequence[torch.Tensor] | None = None,
+                      primary_weights: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Full-sequence pass of a group of samples sharing ``primary`` -> per-sample logits.
-        ``first_states[r]``: the primary's own states ``[T_r, H]`` after its first stack (skips it)."""
+        ``first_states[r]``: the primary's own states ``[T_r, H]`` after its first stack (skips it).
+        ``primary_weights[r]``: row ``r``'s routing weight of its primary (read by the adapter control)."""
         adapter = self.adapters[primary]
         device = adapter.device
         ids, mask = left_pad(token_ids, _pad_id(adapter.tokenizer))
@@ -385,8 +394,11 @@ class MixtureOfThoughts(nn.Module):
                     hidden[r, width - len(token_ids[r]):] = states.to(device=hidden.device, dtype=hidden.dtype)
                 return hidden
 
+        weight = None
+        if primary_weights is not None:
+            weight = torch.stack([torch.as_tensor(w).reshape(()) for w in primary_weights]).to(device)
         hidden = self._walk_primary(primary, adapter.new_state(), ids.to(device), mask.to(device), peer_kv, allowed,
-                                    first_stack, distance)
+                                    first_stack, distance, weight)
         logits = adapter.logits(hidden)
         return [logits[r, width - len(token_ids[r]):] for r in range(n)]
 
@@ -509,8 +521,9 @@ class MixtureOfThoughts(nn.Module):
             first = None
             if all(st is not None and torch.equal(st.tokens.input_ids, tok.input_ids) for st, tok in zip(own, toks, strict=True)):
                 first = [st.hidden[0] for st in own]
-            for b, tok, out in zip(rows, toks, self._primary_pass(primary, [t.input_ids for t in toks], views, first),
-                                   strict=True):
+            weights = [routing.weights[b, 0] for b in rows]
+            for b, tok, out in zip(rows, toks, self._primary_pass(primary, [t.input_ids for t in toks], views, first,
+                                                                  weights), strict=True):
                 logits[b], tokens[b] = out, tok
 
         aux = {"balance": load_balancing_loss(routing.probs, routing.indices),
