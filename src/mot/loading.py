@@ -73,9 +73,10 @@ class ModelPool:
     expert alone, every MoT checkpoint and every routed baseline over it use the same ``HFModel``."""
 
     def __init__(self, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
-                 chat_template: bool = False, memoize: bool = False):
+                 chat_template: bool = False, memoize: bool = False, routed: dict[str, Any] | None = None):
         self.device, self.dtype, self.batch_size, self.chat_template = device, dtype, batch_size, chat_template
         self.memoize = memoize
+        self.routed = dict(routed or {})  # RoutedModel options of router rows (vote, answer_key, ...)
         self._experts: dict[str, HFModel] = {}
 
     def expert(self, spec: str) -> HFModel:
@@ -112,12 +113,13 @@ class ModelPool:
             with torch.no_grad():
                 return [int(p) for p in router(encoder.encode([t[:limit] for t in texts])).primary.tolist()]
 
-        return RoutedModel(name, route, scorers)
+        return RoutedModel(name, route, scorers, **self.routed)
 
     def models(self, label: str, spec: str) -> dict[str, Any]:
         """The rows one ``--model LABEL=SPEC`` gives: a MoT checkpoint without a mode gives ``LABEL:fast``
         and ``LABEL:full``; ``CKPT:fast`` / ``CKPT:full`` one row; a router checkpoint (``mot eval
-        train-router``) one routed row; anything else one expert."""
+        train-router``) one routed row (``LABEL:voteN`` when the pool's ``routed`` options ask for a vote
+        of N > 1 samples); anything else one expert."""
         from mot.evaluation.hf_model import HFModel
         from mot.routing.checkpoint import is_router_checkpoint
         from mot.thoughts.scoring import MoTModel
@@ -132,7 +134,9 @@ class ModelPool:
             raise UsageError(f"--model {spec!r}: ':{mode}' applies to Mixture-of-Thoughts checkpoints, and "
                              f"{path} is not one (no config.json with format 'mot-thoughts')")
         if is_router_checkpoint(path):
-            return {label: self.router(path, label)}
+            vote = int(self.routed.get("vote", 1))
+            row = f"{label}:vote{vote}" if vote > 1 else label  # its own row (and resume file) per vote
+            return {row: self.router(path, row)}
         scorer = self.expert(spec)
         if label == spec:
             return {label: scorer}

@@ -69,6 +69,12 @@ def run(
     top_p: float = opts.top_p_option(0.95, "Nucleus sampling (only when sampling)."),
     num_samples: int = typer.Option(1, "--num-samples", help="Completions per code task (pass@k needs k <= N)."),
     seed: int = opts.seed_option(0),
+    vote: str = typer.Option("1", "--vote", metavar="N",
+                             help="Router checkpoints on gsm8k/math/qa: the routed expert samples N answers and "
+                                  "the majority final answer wins (Avengers' repeated-sampling vote; row "
+                                  "LABEL:voteN). 1 = no vote."),
+    vote_temperature: float = typer.Option(0.7, "--vote-temperature",
+                                           help="Sampling temperature of the --vote samples (their top-p is --top-p)."),
     mc_style: str | None = typer.Option(None, "--mc-style", help="Multiple-choice prompt: letters|text (default per benchmark)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per code test run."),
     device: str = typer.Option("cpu", "--device", help="Device for the models."),
@@ -86,6 +92,13 @@ def run(
     spec = benchmark_spec(benchmark)
     if mc_style is not None and mc_style not in ("letters", "text"):
         raise UsageError(f"--mc-style must be 'letters' or 'text', got {mc_style!r}")
+    from mot.evaluation.routed import parse_vote, vote_options
+
+    votes = parse_vote(vote)
+    routed = vote_options(spec.task, votes, temperature=vote_temperature, top_p=top_p)
+    if votes > 1 and not routed:
+        typer.echo(f"note: --vote applies to benchmarks with an extracted answer (gsm8k, math, qa); "
+                   f"{spec.name} ({spec.task}) is scored without a vote", err=True)
     if temperature is None:
         temperature = 0.0 if num_samples == 1 else 0.8
     params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, top_p_when_greedy=False)
@@ -103,7 +116,7 @@ def run(
         where = f" from {len(subjects)} subjects" if subjects else ""
         how = "sampled" if len(items) == limit else "(all there are)"
         typer.echo(f"--limit {limit}: {len(items)} items {how}{where} (seed {limit_seed})", err=True)
-    pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size, chat_template=chat_template)
+    pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size, chat_template=chat_template, routed=routed)
     models: dict = {}
     for label, s in labels:
         for row, m in pool.models(label, s).items():

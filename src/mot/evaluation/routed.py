@@ -6,6 +6,8 @@
     scores that expert on its own row, so a routed row is, item for item, the routed expert's result.
     ``route(texts) -> [expert index]`` is any function: a Mixture of Thoughts' router (its ``fast``
     mode, ``mot.thoughts.scoring``), a trained baseline router (RouterDC, cluster routing), a fixed expert.
+    ``vote=N`` (N > 1) makes a generative answer Avengers' repeated-sampling vote: the routed expert
+    samples N answers and the majority final answer wins (see the class docstring).
 
 ``Memoized``
     An expert scorer that remembers its answers, so that rows sharing an expert never recompute (and
@@ -19,14 +21,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from mot.errors import MotError, UsageError
+from mot.evaluation import scoring
 from mot.evaluation.hf_model import HFModel
 from mot.evaluation.scoring import LogLikelihood
-from mot.generation import GenerationParams
+from mot.generation import GREEDY_BELOW, GenerationParams
+
+AnswerKey = Callable[[str], str | None]  # a generation -> its final answer (None: it gives none)
 
 
 def tokenizer_adds_bos(tokenizer: Any) -> bool:
@@ -47,16 +53,105 @@ def expert_scorer(model: Any, tokenizer: Any, name: str, *, batch_size: int = 8,
                    use_chat_template=chat_template)
 
 
-class RoutedModel:
-    """Route each question to one expert of ``experts``; that expert's scorer answers it."""
+# ------------------------------------------------------------------------- repeated-sampling vote
 
-    def __init__(self, name: str, route: Callable[[list[str]], list[int]], experts: Sequence[HFModel]):
+def _math_key(text: str) -> str | None:
+    answer = scoring.extract_math_answer(text)
+    return None if answer is None else scoring.normalize_math_answer(answer)
+
+
+def _qa_key(text: str) -> str | None:
+    return scoring.normalize_text(text) or None
+
+
+# How each generative task reduces a reply to the answer it is scored on: the extractor (and normaliser)
+# of mot.evaluation.scoring.score_generation, so that the votes count exactly what scoring compares.
+ANSWER_KEYS: dict[str, AnswerKey] = {"gsm8k": scoring.extract_gsm8k_answer, "math": _math_key, "qa": _qa_key}
+
+
+def task_answer_key(task: str) -> AnswerKey:
+    """The answer a reply to a ``task`` item (``gsm8k``, ``math``, ``qa``) is scored on, for a vote."""
+    if task not in ANSWER_KEYS:
+        raise UsageError(f"a vote needs a benchmark whose answers are extracted and compared "
+                         f"({', '.join(ANSWER_KEYS)}); {task!r} has none")
+    return ANSWER_KEYS[task]
+
+
+def parse_vote(value: object) -> int:
+    """``--vote N`` (a string, or an int from a config) as an int >= 1; anything else is a ``UsageError``."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[+]?\d+", text) or int(text) < 1:
+        raise UsageError(f"--vote expects a whole number of samples >= 1 (1: no vote), got {value!r}")
+    return int(text)
+
+
+def check_vote(vote: int, temperature: float, top_p: float) -> None:
+    """A ``UsageError`` unless ``vote`` is an int >= 1 and, for a vote, the samples really sample."""
+    parse_vote(vote)
+    if vote > 1 and not temperature >= GREEDY_BELOW:
+        raise UsageError(f"a vote of {vote} samples needs a sampling temperature > 0 (greedy samples are all "
+                         f"the same answer), got {temperature}")
+    if vote > 1 and not 0.0 < top_p <= 1.0:
+        raise UsageError(f"the vote's top_p must be in (0, 1], got {top_p}")
+
+
+def vote_options(task: str, vote: int, *, temperature: float = 0.7, top_p: float = 0.95) -> dict[str, Any]:
+    """The :class:`RoutedModel` options of a vote of ``vote`` samples on a ``task`` benchmark (checked);
+    ``{}`` for no vote, and for a task without extracted answers (multiple choice, code), which is scored
+    as without a vote."""
+    check_vote(vote, temperature, top_p)
+    if vote == 1 or task not in ANSWER_KEYS:
+        return {}
+    return {"vote": vote, "answer_key": task_answer_key(task), "vote_temperature": temperature, "vote_top_p": top_p}
+
+
+def majority_vote(answers: Sequence[str | None]) -> int:
+    """Index of the reply to keep among samples whose final answers are ``answers``: the first sample of
+    the most frequent answer; a tie goes to the answer sampled first; samples without an answer (None)
+    do not vote, and when none has one the first sample is kept."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return 0
+    best = max(counts.values())
+    winner = next(a for a in answers if a is not None and counts[a] == best)
+    return answers.index(winner)
+
+
+class RoutedModel:
+    """Route each question to one expert of ``experts``; that expert's scorer answers it.
+
+    Log-likelihoods (multiple choice) are always the routed expert's own numbers.
+
+    ``vote`` (Avengers-style repeated sampling, for generative requests): with ``vote == 1`` (the default)
+    the routed expert generates once with the caller's ``params``, exactly as on its own row.  With
+    ``vote = N > 1`` it samples ``N`` replies with the caller's ``params`` but ``temperature =
+    vote_temperature`` and ``top_p = vote_top_p``; sample ``s`` uses seed ``base + s``, ``base`` being
+    ``vote_seed``, else the caller's ``params.seed`` (``run_evaluation`` gives each batch its own), else 0,
+    so a rerun returns the very same replies.  ``answer_key(reply)`` reduces each sample to its final
+    answer and the reply returned is the first sample of the majority answer (:func:`majority_vote`).
+
+    The model only ever sees prompts (``run_evaluation`` calls ``generate(prompts, params)`` and knows
+    nothing of a vote), so the answer key is given here, by whoever knows the benchmark:
+    ``task_answer_key(task)`` is the benchmark's own extractor (``mot eval run --vote N`` passes it for the
+    benchmark it runs).  ``self.votes`` keeps, per routed text, the answers of its last vote.
+    """
+
+    def __init__(self, name: str, route: Callable[[list[str]], list[int]], experts: Sequence[HFModel], *,
+                 vote: int = 1, answer_key: AnswerKey | None = None, vote_temperature: float = 0.7,
+                 vote_top_p: float = 0.95, vote_seed: int | None = None):
         if not experts:
             raise UsageError("a routed model needs at least one expert")
+        check_vote(vote, vote_temperature, vote_top_p)
+        if vote > 1 and answer_key is None:
+            raise UsageError(f"{name}: a vote of {vote} samples needs answer_key, the reply -> final answer "
+                             "function of the benchmark (mot.evaluation.routed.task_answer_key(task))")
         self.name = name
         self.route = route
         self.experts = list(experts)
+        self.vote, self.answer_key = int(vote), answer_key
+        self.vote_temperature, self.vote_top_p, self.vote_seed = vote_temperature, vote_top_p, vote_seed
         self.routed: dict[str, int] = {}  # text -> expert index, for reports
+        self.votes: dict[str, list[str | None]] = {}  # text -> the sampled answers, for reports
 
     def _route(self, texts: list[str]) -> list[int]:
         todo = [t for t in dict.fromkeys(texts) if t not in self.routed]
@@ -89,10 +184,31 @@ class RoutedModel:
         for i, pick in enumerate(picks):
             groups[pick].append(i)
         for pick, rows in groups.items():
-            for i, r in zip(rows, self.experts[pick].generate([prompts[i] for i in rows], params), strict=True):
+            asked = [prompts[i] for i in rows]
+            if self.vote == 1:
+                answers = self.experts[pick].generate(asked, params)
+            else:
+                answers = self._voted(self.experts[pick], asked, [texts[i] for i in rows], params)
+            for i, r in zip(rows, answers, strict=True):
                 replies[i] = r
         return replies
 
+    def _voted(self, expert: HFModel, prompts: list[Any], texts: list[str], params: GenerationParams) -> list[str]:
+        """Each prompt's majority reply over ``self.vote`` seeded samples (see the class docstring).  Sample
+        ``s`` of every prompt comes from one batched ``generate`` call with seed ``base + s``, so the samples
+        of a prompt are drawn under different seeds (one call with every copy would reseed each chunk of
+        ``batch_size`` alike: with ``batch_size`` 1, every copy would get the same sample)."""
+        base = self.vote_seed if self.vote_seed is not None else (params.seed if params.seed is not None else 0)
+        samples = [expert.generate(prompts, dataclasses.replace(params, temperature=self.vote_temperature,
+                                                                top_p=self.vote_top_p, seed=base + s))
+                   for s in range(self.vote)]
+        chosen: list[str] = []
+        for j, text in enumerate(texts):
+            replies = [sample[j] for sample in samples]
+            answers = [self.answer_key(r) for r in replies]  # type: ignore[misc]
+            self.votes[text] = answers
+            chosen.append(replies[majority_vote(answers)])
+        return chosen
 
 
 class Memoized:
