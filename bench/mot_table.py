@@ -10,9 +10,11 @@ is a fixed 30% of the test items, see ``mot.data.sampling``).  ``--limit`` sampl
 across subjects (seed ``--limit-seed``).
 
 Rows: each expert alone; ``mot:full`` (MoT, interaction) and ``mot:fast`` (its router alone, top-1:
-learned routing without interaction); the capacity control's two modes when ``--control`` is given (the
-same MoT trained identically with ``peers: self``); ``routerdc`` and ``cluster``; ``oracle`` (best
-expert per item).  Routed rows score each item with the routed expert's own scorer (memoized: the same
+learned routing without interaction); the capacity controls' two modes each when ``--control`` (the
+same MoT trained identically with ``peers: self``) and ``--adapter`` (``peers: adapter``: routing plus an
+MLP adapter of MoT's trainable size on the routed primary, no peers) are given; ``routerdc`` and
+``cluster``, and on generative benchmarks ``cluster:voteN`` (``--vote N``: Avengers' repeated-sampling
+vote over the routed expert's N samples); ``oracle`` (best expert per item).  Routed rows score each item with the routed expert's own scorer (memoized: the same
 numbers as that expert's row).  The differences are ``mot:full`` minus each other row, per benchmark.
 
 Per-item results live under ``bench/results/<name>/`` (``run_evaluation``'s partial files), so a rerun
@@ -58,6 +60,9 @@ def main() -> None:
     parser.add_argument("--mot", type=Path, default=None, help="MoT checkpoint directory (omit: experts and routers "
                                                                  "only, to fill the per-item caches first)")
     parser.add_argument("--control", type=Path, default=None, help="capacity-control checkpoint (peers: self)")
+    parser.add_argument("--adapter", type=Path, default=None, help="adapter capacity-control checkpoint (peers: adapter)")
+    parser.add_argument("--vote", type=int, default=1, help="generative benchmarks: add a cluster row with Avengers' "
+                                                            "repeated-sampling vote of N samples (1: none)")
     parser.add_argument("--limit", default="mmlu=60,cmmlu=60,gsm8k=8", help="items per benchmark, BENCH=N,...")
     parser.add_argument("--limit-seed", type=int, default=1234)
     parser.add_argument("--train-limit", default="", help="cap the routers' training items per benchmark, BENCH=N,... "
@@ -81,7 +86,7 @@ def main() -> None:
     from mot.data import benchmark_spec, load_benchmark
     from mot.evaluation.baselines import expert_correctness, fit_router, routing_text
     from mot.evaluation.metrics import paired_bootstrap_ci
-    from mot.evaluation.routed import RoutedModel
+    from mot.evaluation.routed import RoutedModel, vote_options
     from mot.evaluation.runner import DEFAULT_MC_STYLE, read_partial, run_evaluation
     from mot.generation import GenerationParams
     from mot.loading import ModelPool
@@ -151,6 +156,8 @@ def main() -> None:
     models = {spec: experts[spec] for spec in expert_specs}
     if args.control is not None:
         models.update(pool.models("control", str(args.control)))
+    if args.adapter is not None:
+        models.update(pool.models("adapter", str(args.adapter)))
     models.update(mot_rows)
     for method, router in routers.items():
         models[method] = RoutedModel(method, route_with(router), [experts[s] for s in expert_specs])
@@ -162,9 +169,14 @@ def main() -> None:
         data = args.data / bench if bench != "humaneval" else None
         items = load_benchmark(bench, data, EVAL_SPLIT.get(bench, spec.default_split), n,
                                sample_seed=args.limit_seed)
-        _log(f"{bench}: {len(items)} items x {len(models)} rows")
+        bench_models = dict(models)
+        voting = vote_options(spec.task, args.vote, temperature=0.7, top_p=0.95)
+        if voting:
+            bench_models[f"cluster:vote{args.vote}"] = RoutedModel(f"cluster:vote{args.vote}", route_with(routers["cluster"]),
+                                                                   [experts[s] for s in expert_specs], **voting)
+        _log(f"{bench}: {len(items)} items x {len(bench_models)} rows")
         t0 = time.perf_counter()
-        res = run_evaluation(bench, models, items, work / "eval" / bench, batch_size=args.batch_size,
+        res = run_evaluation(bench, bench_models, items, work / "eval" / bench, batch_size=args.batch_size,
                              params=params, progress=False, report=False)
         metric = res["primary_metric"]
         per_item = {}
@@ -175,7 +187,7 @@ def main() -> None:
         style = DEFAULT_MC_STYLE.get(bench, "letters")
         texts_b = [routing_text(it, spec.task, style) for it in items]
         routed = {}
-        for name, m in models.items():
+        for name, m in bench_models.items():
             book = m.routed if isinstance(m, RoutedModel) else getattr(getattr(m, "routed", None), "routed", None)
             if isinstance(book, dict):
                 picks = [book.get(t) for t in texts_b]
@@ -191,10 +203,12 @@ def main() -> None:
         _log(f"{bench}: " + ", ".join(f"{k} {v:.3f}" for k, v in table[bench]["scores"].items()))
 
     order = ([k for k in ("control:full", "control:fast") if args.control is not None]
-             + ["mot:fast", "routerdc", "cluster", *expert_specs, "oracle"])
+             + [k for k in ("adapter:full", "adapter:fast") if args.adapter is not None]
+             + ["mot:fast", "routerdc", "cluster", f"cluster:vote{args.vote}", *expert_specs, "oracle"])
     result = {
         "name": args.name, "config": str(args.config), "mot": str(args.mot) if args.mot else None,
         "control": str(args.control) if args.control else None,
+        "adapter": str(args.adapter) if args.adapter else None, "vote": args.vote,
         "control_missing_reason": None if args.control else "no --control checkpoint given",
         "limits": limits, "limit_seed": args.limit_seed, "max_new_tokens": args.max_new_tokens,
         "training_items": {b: len(i) for b, i in train_sets}, "train_limits": train_limits, "experts": expert_specs,
@@ -209,8 +223,8 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     benches = list(result["benchmarks"])
-    rows = [n for n in ("mot:full", "control:full", "control:fast", "mot:fast", "routerdc", "cluster",
-                        *result["experts"], "oracle")
+    rows = [n for n in ("mot:full", "control:full", "control:fast", "adapter:full", "adapter:fast", "mot:fast",
+                        "routerdc", "cluster", f"cluster:vote{result.get('vote', 1)}", *result["experts"], "oracle")
             if any(n in result["benchmarks"][b]["scores"] for b in benches)]
     head = "| method | " + " | ".join(f"{b} ({result['benchmarks'][b]['metric']}, n={result['benchmarks'][b]['num_items']})"
                                         for b in benches) + " |"
@@ -222,6 +236,8 @@ def markdown(result: dict) -> str:
     lines += ["", "MoT (full) minus each method, points, paired bootstrap 95% CI (capacity control first):", "",
               "| MoT full minus | " + " | ".join(benches) + " |", "|---|" + "---:|" * len(benches)]
     for name in result["difference_order"]:
+        if not any(name in result["benchmarks"][b]["ci_mot_full_minus"] for b in benches):
+            continue
         cells = []
         for b in benches:
             ci = result["benchmarks"][b]["ci_mot_full_minus"].get(name)

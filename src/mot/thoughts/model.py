@@ -349,10 +349,13 @@ class MixtureOfThoughts(nn.Module):
     def _primary_pass(self, primary: int, token_ids: list[torch.Tensor],
                       views: list[list[PeerView]],
                       first_states: Sequence[torch.Tensor] | None = None,
-                      primary_weights: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                      primary_weights: Sequence[torch.Tensor] | None = None,
+                      keep: int | None = None) -> list[torch.Tensor]:
         """Full-sequence pass of a group of samples sharing ``primary`` -> per-sample logits.
         ``first_states[r]``: the primary's own states ``[T_r, H]`` after its first stack (skips it).
-        ``primary_weights[r]``: row ``r``'s routing weight of its primary (read by the adapter control)."""
+        ``primary_weights[r]``: row ``r``'s routing weight of its primary (read by the adapter control).
+        ``keep``: logits of each row's last ``keep`` positions only (scoring: the LM head never runs on the
+        rest, which matters for large vocabularies)."""
         adapter = self.adapters[primary]
         device = adapter.device
         ids, mask = left_pad(token_ids, _pad_id(adapter.tokenizer))
@@ -399,6 +402,10 @@ class MixtureOfThoughts(nn.Module):
             weight = torch.stack([torch.as_tensor(w).reshape(()) for w in primary_weights]).to(device)
         hidden = self._walk_primary(primary, adapter.new_state(), ids.to(device), mask.to(device), peer_kv, allowed,
                                     first_stack, distance, weight)
+        if keep is not None:
+            keep = min(keep, width)
+            logits = adapter.logits(hidden[:, width - keep:])
+            return [logits[r, keep - min(keep, len(token_ids[r])):] for r in range(n)]
         logits = adapter.logits(hidden)
         return [logits[r, width - len(token_ids[r]):] for r in range(n)]
 

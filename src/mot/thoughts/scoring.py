@@ -136,7 +136,7 @@ class MoTModel:
             peers = [(int(e), decision.weights[r, k], states[(b, int(e))]) for k, e in enumerate(active) if k > 0]
             views.append(mot.peer_views(context, completion, known_ends(tok), peers))
         logits = mot._primary_pass(primary, [t.input_ids for t in tokens], views,
-                                   primary_weights=[decision.weights[r, 0] for _, _, _, r in rows])
+                                   primary_weights=[decision.weights[r, 0] for _, _, _, r in rows], keep=keep)
         out = torch.stack([F.pad(lg[-keep:].float(), (0, 0, keep - min(keep, lg.shape[0]), 0)) for lg in logits])
         return F.log_softmax(out, dim=-1)
 
