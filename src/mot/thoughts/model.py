@@ -60,7 +60,9 @@ class MoTOutput:
 
     Vocabularies differ per primary expert, so per-sample results are lists (no padding):
     ``logits[b]`` is ``[T_b, V_primary(b)]`` over ``tokens[b]``, the primary's tokens of
-    ``prompt + completion`` (``tokens[b].num_prompt_tokens`` of them belong to the prompt).
+    ``prompt + completion`` (``tokens[b].num_prompt_tokens`` of them belong to the prompt) -- or, from a
+    ``forward(..., target_logits_only=True)``, over its positions ``logits_start[b]..`` only (every
+    position that predicts a completion token is among them; ``rows(b, positions)`` indexes either way).
     """
 
     logits: list[torch.Tensor]
@@ -73,6 +75,12 @@ class MoTOutput:
     # weighted sum of aux_losses (``balance``, ``entropy``; config weights).  The consistency term needs
     # two routing passes: see ``mot.thoughts.training.mot_objective`` (``training_loss``).
     aux_loss: torch.Tensor = field(default=None)
+    logits_start: list[int] = field(default_factory=list)  # empty: every logits[b] starts at position 0
+
+    def rows(self, b: int, positions: torch.Tensor) -> torch.Tensor:
+        """Sample ``b``'s logits at token ``positions`` (whatever ``logits_start`` is)."""
+        start = self.logits_start[b] if self.logits_start else 0
+        return self.logits[b][positions - start if start else positions]
 
 
 def split_layers(num_layers: int, num_stacks: int) -> list[tuple[int, int]]:
@@ -475,13 +483,17 @@ class MixtureOfThoughts(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, prompts: Sequence[str], completions: Sequence[str] | None = None, *,
                 routing: RoutingDecision | None = None,
-                peer_states: Sequence[dict[int, PeerStates]] | None = None) -> MoTOutput:
+                peer_states: Sequence[dict[int, PeerStates]] | None = None,
+                target_logits_only: bool = False) -> MoTOutput:
         """Route each prompt, run its primary with interaction over ``prompt + completion``.
 
         ``completions``: the target texts (training); None for prompt-only scoring.  ``routing``:
         a decision to use instead of the router's.  ``peer_states[b]``: precomputed
         ``{expert: PeerStates}`` for sample ``b`` (see ``compute_peer_states``); missing ones are
-        computed here.  An entry for the sample's *primary* is used too: nothing reaches the primary
+        computed here.  ``target_logits_only`` (with completions): the LM head runs only on the positions
+        from the first one that predicts a completion token (``MoTOutput.logits_start``; what training
+        needs: with a 262k vocabulary the head costs more than the body).  An entry for the sample's
+        *primary* is used too: nothing reaches the primary
         before its first interaction, so its states after the first stack are those of
         ``compute_peer_states`` and that stack is skipped (all samples of a primary group need one).
         Use ``lm_loss(output)`` for the language-modelling loss.
@@ -515,6 +527,7 @@ class MixtureOfThoughts(nn.Module):
             groups[active[0]].append(b)
         logits: list[torch.Tensor | None] = [None] * len(prompts)
         tokens: list[TokenSpans | None] = [None] * len(prompts)
+        starts = [0] * len(prompts)
         for primary, rows in groups.items():
             tokenizer = self.adapters[primary].tokenizer
             toks = [encode_pair(tokenizer, prompts[b], completions[b]) for b in rows]
@@ -529,9 +542,12 @@ class MixtureOfThoughts(nn.Module):
             if all(st is not None and torch.equal(st.tokens.input_ids, tok.input_ids) for st, tok in zip(own, toks, strict=True)):
                 first = [st.hidden[0] for st in own]
             weights = [routing.weights[b, 0] for b in rows]
+            keep = None
+            if target_logits_only and has_completion:
+                keep = max(len(t) - t.num_prompt_tokens + 1 for t in toks)
             for b, tok, out in zip(rows, toks, self._primary_pass(primary, [t.input_ids for t in toks], views, first,
-                                                                  weights), strict=True):
-                logits[b], tokens[b] = out, tok
+                                                                  weights, keep), strict=True):
+                logits[b], tokens[b], starts[b] = out, tok, len(tok) - out.shape[0]
 
         aux = {"balance": load_balancing_loss(routing.probs, routing.indices),
                "entropy": entropy_loss(routing.probs)}
@@ -541,7 +557,8 @@ class MixtureOfThoughts(nn.Module):
         total = cfg.balance_weight * aux["balance"] + cfg.entropy_weight * aux["entropy"]
         primaries = [a[0] for a in indices]
         eos = [self.adapters[p].tokenizer.eos_token_id for p in primaries]
-        return MoTOutput(logits, tokens, primaries, routing, aux, eos, has_completion, total)
+        return MoTOutput(logits, tokens, primaries, routing, aux, eos, has_completion, total,
+                         starts if any(starts) else [])
 
 
 def _check_nonempty(tokens: Sequence[TokenSpans], expert: str) -> None:
@@ -561,7 +578,7 @@ def lm_loss(output: MoTOutput, include_eos: bool = True) -> torch.Tensor:
     if not output.has_completion:
         raise UsageError("lm_loss needs completions: call forward(prompts, completions)")
     total, count = None, 0
-    for logits, tok, eos in zip(output.logits, output.tokens, output.eos_token_ids, strict=True):
+    for b, (logits, tok, eos) in enumerate(zip(output.logits, output.tokens, output.eos_token_ids, strict=True)):
         labels = tok.input_ids[1:].to(logits.device)
         rows = torch.arange(tok.num_prompt_tokens - 1, len(tok) - 1, device=logits.device)
         if include_eos and eos is not None:
@@ -569,7 +586,7 @@ def lm_loss(output: MoTOutput, include_eos: bool = True) -> torch.Tensor:
             rows = torch.cat([rows, rows.new_tensor([len(tok) - 1])])
         if rows.numel() == 0:
             continue
-        loss = F.cross_entropy(logits[rows].float(), labels[rows], reduction="sum")
+        loss = F.cross_entropy(output.rows(b, rows).float(), labels[rows], reduction="sum")
         total = loss if total is None else total + loss
         count += int(rows.numel())
     if total is None:

@@ -68,7 +68,7 @@ def consistency_loss(first: MoTOutput, second: MoTOutput) -> tuple[torch.Tensor,
         rows = target_rows(first.tokens[b], first.eos_token_ids[b]).to(first.logits[b].device)
         if rows.numel() == 0:
             continue
-        kl = symmetric_kl(first.logits[b][rows], second.logits[b][rows]) * rows.numel()
+        kl = symmetric_kl(first.rows(b, rows), second.rows(b, rows)) * rows.numel()
         total = kl if total is None else total + kl
         count += int(rows.numel())
     share = agree / max(len(first.primary), 1)
@@ -146,13 +146,14 @@ def mot_objective(model: MixtureOfThoughts, prompts: Sequence[str], targets: Seq
         peers = peer_states(decisions)
     else:
         peers = collect_peer_states(model, prompts, targets, decisions, given=peer_states)
-    output = model(prompts, targets, routing=routing, peer_states=peers)
+    output = model(prompts, targets, routing=routing, peer_states=peers, target_logits_only=True)
     lm = lm_loss(output)
     entropy = entropy_loss(routing.probs)
     balance = load_balancing_loss(routing.probs, routing.indices)
     total = lm + cfg.entropy_weight * entropy + cfg.balance_weight * balance
     if second is not None:
-        consistency, agree = consistency_loss(output, model(prompts, targets, routing=second, peer_states=peers))
+        consistency, agree = consistency_loss(output, model(prompts, targets, routing=second, peer_states=peers,
+                                                            target_logits_only=True))
         total = total + cfg.lambda_consistency * consistency
     else:
         consistency, agree = lm.new_zeros(()), 1.0
