@@ -188,10 +188,11 @@ def main() -> None:
         texts_b = [routing_text(it, spec.task, style) for it in items]
         routed = {}
         for name, m in bench_models.items():
-            book = m.routed if isinstance(m, RoutedModel) else getattr(getattr(m, "routed", None), "routed", None)
-            if isinstance(book, dict):
-                picks = [book.get(t) for t in texts_b]
-                routed[name] = {s: sum(1 for p in picks if p is not None and expert_specs[p] == s) for s in expert_specs}
+            router = m if isinstance(m, RoutedModel) else getattr(m, "routed", None)
+            if isinstance(router, RoutedModel):
+                # routed again here (the router only): items resumed from disk were never routed in this run
+                picks = router.picks(texts_b)
+                routed[name] = {s: sum(1 for p in picks if expert_specs[p] == s) for s in expert_specs}
         table[bench] = {
             "metric": metric, "num_items": len(items), "split": EVAL_SPLIT.get(bench, spec.default_split),
             "scores": {name: sum(v) / len(v) for name, v in per_item.items()},

@@ -246,6 +246,13 @@ def test_cli_limit_reports_the_subjects_it_sampled(tmp_path, tiny_experts):
                                       "--limit", "4", "-o", str(tmp_path / "out"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "4 items sampled from 4 subjects (seed 1234)" in result.output
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["selection"] == {"limit": 4, "seed": 1234}
+    assert len(saved["subjects"]) == 4 and sum(saved["subjects"].values()) == 4
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "- items: 4 sampled across subjects with seed 1234 (`--limit`)" in report
+    named = [line for line in report.splitlines() if line.startswith("- subjects (4): ")]
+    assert len(named) == 1 and all(f"{name} (1)" in named[0] for name in saved["subjects"])
 
 
 def test_real_mixed_configs_load_and_differ_only_in_the_capacity_control():

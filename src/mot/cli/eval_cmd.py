@@ -126,7 +126,8 @@ def run(
     out = output_dir or Path("runs") / "eval" / spec.name
     results = run_evaluation(spec.name, models, items, out, batch_size=batch_size, params=params,
                              num_samples=num_samples, mc_style=mc_style, timeout_s=timeout, resume=resume,
-                             progress=progress)
+                             progress=progress,
+                             selection=None if limit is None else {"limit": limit, "seed": None if first else limit_seed})
     print_table(results)
     typer.echo(f"results: {out / 'results.json'}  report: {out / 'report.md'}")
 

@@ -84,6 +84,14 @@ def write_report(results: dict, output_dir: str | Path) -> dict[str, Path]:
         "",
         f"- task: {results['task']}; primary metric: {results['primary_metric']}",
     ]
+    selection = results.get("selection") or {}
+    if selection.get("limit") is not None:
+        how = (f"the first {selection['limit']}" if selection.get("seed") is None
+               else f"{selection['limit']} sampled across subjects with seed {selection['seed']}")
+        lines.append(f"- items: {how} (`--limit`)")
+    if results.get("subjects"):
+        counts = ", ".join(f"{name} ({n})" for name, n in results["subjects"].items())
+        lines.append(f"- subjects ({len(results['subjects'])}): {counts}")
     if results["task"] == "multiple_choice":
         lines.append(f"- prompt style: {s['mc_style']}; acc_norm divides each choice's log-likelihood by its "
                      "length in characters")

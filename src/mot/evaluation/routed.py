@@ -153,7 +153,8 @@ class RoutedModel:
         self.routed: dict[str, int] = {}  # text -> expert index, for reports
         self.votes: dict[str, list[str | None]] = {}  # text -> the sampled answers, for reports
 
-    def _route(self, texts: list[str]) -> list[int]:
+    def picks(self, texts: list[str]) -> list[int]:
+        """The expert index each text is routed to (routed once, remembered in ``self.routed``)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self.routed]
         if todo:
             picks = self.route(todo)
@@ -166,7 +167,7 @@ class RoutedModel:
         return [self.routed[t] for t in texts]
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
-        picks = self._route([c for c, _ in requests])
+        picks = self.picks([c for c, _ in requests])
         results: list[LogLikelihood | None] = [None] * len(requests)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, pick in enumerate(picks):
@@ -178,7 +179,7 @@ class RoutedModel:
 
     def generate(self, prompts: Sequence[Any], params: GenerationParams) -> list[str]:
         texts = [self.experts[0].prompt_text(p) if not isinstance(p, str) else p for p in prompts]
-        picks = self._route(texts)
+        picks = self.picks(texts)
         replies: list[str] = [""] * len(prompts)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, pick in enumerate(picks):

@@ -23,8 +23,10 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from mot.data import benchmark_spec
 from mot.errors import UsageError
@@ -125,14 +127,16 @@ def run_evaluation(benchmark: str, models: Mapping[str, object], items: Sequence
                    batch_size: int = 8, params: GenerationParams | None = None, num_samples: int = 1,
                    ks: Sequence[int] = (1, 5, 10), mc_style: str | None = None, timeout_s: float = 10.0,
                    resume: bool = True, progress: bool = True, report: bool = True,
-                   on_batch: Callable[[str, int], None] | None = None) -> dict:
+                   on_batch: Callable[[str, int], None] | None = None,
+                   selection: Mapping[str, Any] | None = None) -> dict:
     """Evaluate every model in ``models`` (name -> scorer/generator) on ``items`` of ``benchmark``.
 
     Returns the results dict also written to ``output_dir/results.json``.  ``params`` sets decoding
     for generative tasks (default greedy, 512 new tokens); ``num_samples`` completions per code
     task give pass@k for every ``k`` in ``ks`` with ``k <= num_samples``.  ``resume=False`` discards
     earlier partial results in ``output_dir``.  ``on_batch(model_name, items_done)`` is called after
-    each saved batch.
+    each saved batch.  ``selection`` says how ``items`` were chosen (e.g. ``{"limit": 60, "seed": 1234}``);
+    it is kept in the results and the report, beside the number of items per subject.
     """
     spec = benchmark_spec(benchmark)
     task = spec.task
@@ -206,6 +210,11 @@ def run_evaluation(benchmark: str, models: Mapping[str, object], items: Sequence
                    for name, recs in per_model.items()},
         "oracle": oracle_scores(per_model, ids, primary),
     }
+    subjects = Counter(it.subject for it in items if getattr(it, "subject", None))
+    if subjects:
+        results["subjects"] = dict(sorted(subjects.items()))
+    if selection:
+        results["selection"] = dict(selection)
     _write_json(out / "results.json", results)
     if report:
         from mot.evaluation.report import write_report

@@ -10,6 +10,7 @@ an ``ExpertState``; one state per expert per batch.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -110,6 +111,27 @@ class ExpertAdapter(ABC):
         if state.attention_mask is not None:
             state.attention_mask = state.attention_mask[:, :length]
         state.chunk = {}
+
+    # Whether a state may be continued with key positions masked out in the *middle* of its mask (``fork``
+    # then masking a row's later past): true where positions, rotary tables and masks all come from the 2-D
+    # mask's running count.  ALiBi families whose bias depends on the raw key index say False.
+    forks_with_gaps: ClassVar[bool] = True
+
+    @property
+    def attention_window(self) -> int | None:
+        """The smallest sliding window any layer attends through; None when every layer sees the whole past."""
+        return None
+
+    def fork(self, state: ExpertState, rows: int) -> ExpertState:
+        """A new state holding ``rows`` copies of the one-row ``state`` (cache and mask), to continue one prefix
+        in several ways in one batch; ``state`` itself is unchanged."""
+        if state.attention_mask is not None and state.attention_mask.shape[0] != 1:
+            raise ValueError(f"fork needs a one-row state, got {state.attention_mask.shape[0]} rows")
+        cache = copy.deepcopy(state.cache)
+        if state.seen_tokens:
+            cache.batch_repeat_interleave(rows)
+        mask = None if state.attention_mask is None else state.attention_mask.repeat(rows, 1)
+        return ExpertState(cache=cache, attention_mask=mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 state: ExpertState | None = None) -> torch.Tensor:

@@ -153,6 +153,11 @@ class GenericAdapter(ExpertAdapter):
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def attention_window(self) -> int | None:
+        window = getattr(self.config, "sliding_window", None)
+        return int(window) if window is not None and SLIDING in self.layer_types else None
+
     # -- hooks ---------------------------------------------------------------------------------
     def _embed_tokens(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings (Gemma's sqrt(hidden) scale lives inside its embedding module) + dropout."""
@@ -386,6 +391,7 @@ class MptAdapter(GenericAdapter):
     padding changes nothing) and a boolean "masked out" mask, as the HF forward builds them."""
 
     family = "mpt"
+    forks_with_gaps = False  # the bias counts raw key indices, so a gap in the mask would shift it
 
     def _chunk_masks(self, hidden: torch.Tensor, full_mask: torch.Tensor, positions: torch.Tensor,
                      state: ExpertState) -> dict[str, Any]:

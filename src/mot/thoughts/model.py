@@ -83,6 +83,21 @@ class MoTOutput:
         return self.logits[b][positions - start if start else positions]
 
 
+# about how many bytes of copied peer cache one batch of branch tails may hold (``_branch_states``)
+_FORK_BYTES = 256 * 2**20
+
+
+def _cache_bytes(cache: Any) -> int:
+    """Bytes of a transformers cache's keys and values (0 for an empty one)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
 def split_layers(num_layers: int, num_stacks: int) -> list[tuple[int, int]]:
     """``num_stacks`` contiguous ``(start, stop)`` layer ranges, sizes differing by at most one."""
     base, extra = divmod(num_layers, num_stacks)
@@ -457,8 +472,60 @@ class MixtureOfThoughts(nn.Module):
 
     def _branch_states(self, expert: int, full_ids: list[int], branches: Sequence[tuple[int, tuple[int, ...]]],
                        device: Any) -> dict[tuple[int, tuple[int, ...]], list[torch.Tensor]]:
-        """Per-stack states of each branch tail ``(k, tail)`` after ``full_ids[:k]``: one walk over the
-        whole text's tokens up to the last branch point, each tail fed at its point and cropped away."""
+        """Per-stack states of each branch tail ``(k, tail)`` read after ``full_ids[:k]``.
+
+        One pass over the whole text's tokens up to the last branch point fills the peer's cache; the tails
+        then run in batches of copies of that cache (``ExpertAdapter.fork``), row ``j`` masking out the
+        cached tokens from its own ``k`` on, so each tail token sees exactly ``full_ids[:k]`` and its own
+        tail, at the positions it would have had.  A text has up to one branch per word (Gemma's ``'▁'``
+        tails), so this is a few passes instead of one per branch.  Where the adapter cannot mask a gap
+        (ALiBi over raw key indices) or a sliding window is shorter than the text, each tail is fed on its
+        own after its prefix and cropped away (``_branch_states_walk``): the same states."""
+        adapter = self.adapters[expert]
+        branches = sorted(branches)
+        if not branches:
+            return {}
+        last = max(k for k, _ in branches)
+        window = adapter.attention_window
+        longest = max(len(tail) for _, tail in branches)
+        if not adapter.forks_with_gaps or (window is not None and last + longest > window):
+            return self._branch_states_walk(expert, full_ids, branches, device)
+        out: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = {}
+        with torch.no_grad():
+            state = adapter.new_state()
+            if last:
+                hidden = adapter.embed(torch.tensor([full_ids[:last]], dtype=torch.long, device=adapter.device),
+                                       None, state)
+                for start, stop in self.stacks[expert]:
+                    hidden = adapter.run_layers(hidden, start, stop, state)
+            # rows per batch: keep the copied caches near _FORK_BYTES
+            per_row = max(1, _cache_bytes(state.cache))
+            rows_per_batch = max(1, min(len(branches), _FORK_BYTES // per_row))
+            for first in range(0, len(branches), rows_per_batch):
+                group = branches[first:first + rows_per_batch]
+                fork = adapter.fork(state, len(group))
+                if fork.attention_mask is not None:
+                    for row, (k, _tail) in enumerate(group):
+                        fork.attention_mask[row, k:] = 0
+                width = max(len(tail) for _, tail in group)
+                ids = torch.zeros((len(group), width), dtype=torch.long)
+                mask = torch.zeros((len(group), width), dtype=torch.long)
+                for row, (_k, tail) in enumerate(group):
+                    ids[row, :len(tail)] = torch.tensor(tail, dtype=torch.long)
+                    mask[row, :len(tail)] = 1
+                hidden = adapter.embed(ids.to(adapter.device), mask.to(adapter.device), fork)
+                per_stack = []
+                for start, stop in self.stacks[expert]:
+                    hidden = adapter.run_layers(hidden, start, stop, fork)
+                    per_stack.append(hidden.detach())
+                for row, key in enumerate(group):
+                    out[key] = [h[row, :len(key[1])].to(device) for h in per_stack]
+        return out
+
+    def _branch_states_walk(self, expert: int, full_ids: list[int], branches: Sequence[tuple[int, tuple[int, ...]]],
+                            device: Any) -> dict[tuple[int, tuple[int, ...]], list[torch.Tensor]]:
+        """``_branch_states`` one tail at a time: one walk over the whole text's tokens up to the last branch
+        point, each tail fed at its point and cropped away."""
         adapter = self.adapters[expert]
         out: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = {}
         state, fed = adapter.new_state(), 0
