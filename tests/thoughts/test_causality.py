@@ -170,9 +170,12 @@ def test_the_sweep_sees_peers_and_would_catch_a_leak(pipeline_experts, monkeypat
     assert leaks == 3 and worst > 1e-2
 
 
+@pytest.mark.parametrize("options", [{}, {"peer_visibility": "exact", "interaction_position": "recency"}],
+                         ids=["stable", "exact-recency"])
 @pytest.mark.parametrize("primary", [0, 1, 2, 3])
-def test_no_leak_at_any_cut_through_real_tokenizer_pipelines(pipeline_experts, primary):
-    mot = _make_mot(pipeline_experts, ("llama", *PIPELINES))
+def test_no_leak_at_any_cut_through_real_tokenizer_pipelines(pipeline_experts, primary, options):
+    """The default rule and the collaboration mechanism (``exact`` + ``recency``) alike."""
+    mot = _make_mot(pipeline_experts, ("llama", *PIPELINES), **options)
     row = [primary] + [e for e in range(4) if e != primary]
     found = {}
     for text in ADVERSARIAL:
