@@ -108,6 +108,7 @@ def generate(
     top_k: int | None = opts.top_k_option(None, min=0),
     top_p: float | None = opts.top_p_option(None),
     seed: int | None = opts.seed_option(),
+    stop: list[str] = opts.stop_option(),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per batch."),
     model_path: Path | None = typer.Option(None, "--model-path", "-m", help="Default: paths.model_path."),
     config: Path | None = _CONFIG_OPT,
@@ -121,7 +122,7 @@ def generate(
     items = list(prompts) + (read_prompts(prompts_file) if prompts_file else [])
     if not items:
         raise UsageError("give --prompt TEXT (repeatable) or --prompts-file FILE")
-    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed, defaults=cfg.inference)
+    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed, stop, defaults=cfg.inference)
     model, tokenizer, _ = load_model(_model_path(model_path, cfg), device=_device(cfg))
     generator = MoeLlamaGenerator(model, tokenizer)
     replies = []

@@ -129,6 +129,7 @@ def infer(
     top_p: float = opts.top_p_option(1.0),
     top_k: int = opts.top_k_option(0),
     seed: int | None = opts.seed_option(),
+    stop: list[str] = opts.stop_option(),
     k: int | None = typer.Option(None, "--k", help="Active heads (<= the checkpoint's k_max)."),
     lookup: int = typer.Option(0, "--lookup", help="Also draft up to N tokens copied from an earlier occurrence "
                                                    "of the last tokens (prompt lookup; verified only; 0: off)."),
@@ -142,7 +143,7 @@ def infer(
     from mot.multitoken.decoding import MultiTokenGenerator
     from mot.multitoken.io import load_multitoken
 
-    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed)
+    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed, stop)
     model = load_multitoken(ckpt, quantization=_quant(quant), backbone_device=backbone_device,
                             heads_device=heads_device)
     if lookup < 0:

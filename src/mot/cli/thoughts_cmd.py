@@ -77,6 +77,7 @@ def generate(
     mode: str = typer.Option("fast", "--mode", help="fast (route once, primary's own generate) | full (interaction every token)."),
     max_new_tokens: int = opts.max_new_tokens_option(128),
     temperature: float = opts.temperature_option(0.0),
+    top_k: int = opts.top_k_option(0, min=0),
     top_p: float = opts.top_p_option(1.0),
     seed: int | None = opts.seed_option(),
     stop: list[str] = opts.stop_option(),
@@ -89,7 +90,7 @@ def generate(
 
     if mode not in ("fast", "full"):
         raise UsageError(f"--mode must be fast or full, got {mode!r}")
-    params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, stop=stop)
+    params = opts.generation_params(max_new_tokens, temperature, top_k, top_p, seed, stop)
     text = sys.stdin.read() if prompt == "-" else prompt
     model = load_checkpoint_model(checkpoint, experts)
     if stream:

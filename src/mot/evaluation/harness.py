@@ -391,13 +391,6 @@ def sample_logprobs(results: dict, task: str) -> dict[int, list[float]]:
     return {int(s["doc_id"]): [float(r[0]) for r in s["filtered_resps"]] for s in samples}
 
 
-def argmax(values: Sequence[float]) -> int:
-    """The first index of the largest value (ties to the first choice, as mot and numpy's argmax do)."""
-    best = 0
-    for i, v in enumerate(values):
-        if v > values[best]:
-            best = i
-    return best
 
 
 def json_safe(results: dict) -> dict:

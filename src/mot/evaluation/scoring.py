@@ -75,7 +75,8 @@ def format_multiple_choice(item: MultipleChoiceItem, style: str = "letters") -> 
     raise ValueError(f"unknown multiple-choice style {style!r}; expected one of {MC_STYLES}")
 
 
-def _argmax(values: Sequence[float]) -> int:
+def argmax(values: Sequence[float]) -> int:
+    """The first index of the largest value (ties to the first choice, as numpy's argmax does)."""
     best = 0
     for i, v in enumerate(values):
         if v > values[best]:
@@ -87,7 +88,7 @@ def score_multiple_choice_item(item: MultipleChoiceItem, continuations: Sequence
                                results: Sequence[LogLikelihood]) -> dict:
     logprobs = [float(r[0]) for r in results]
     normalised = [lp / max(len(c), 1) for lp, c in zip(logprobs, continuations, strict=True)]
-    pred, pred_norm = _argmax(logprobs), _argmax(normalised)
+    pred, pred_norm = argmax(logprobs), argmax(normalised)
     answer = item.answer_index
     scores = {} if answer is None else {"acc": float(pred == answer), "acc_norm": float(pred_norm == answer)}
     return {"id": item.id, "answer": answer, "pred": pred, "pred_norm": pred_norm, "logprobs": logprobs,
