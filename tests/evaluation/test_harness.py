@@ -239,3 +239,27 @@ def test_moellama_checkpoint_equals_lm_evals_hf_model(tmp_path):
     gen = _requests("generate_until", [("To be", {"until": ["\n"], "max_gen_toks": 12})])
     replies = lm.generate_until(gen)
     assert replies == theirs.generate_until(gen) and replies[0]
+
+
+def test_mot_checkpoint_directory_fast_and_full(load_tiny, tiny_experts, tmp_path):
+    """A saved MoT checkpoint through ``MotLM.from_spec`` (``CKPT``, ``CKPT:full``): closed gates (the
+    initialisation), so both modes score exactly like the expert the router picks for each context."""
+    from mot.thoughts import HashingEncoder, MixtureOfThoughts, MoTConfig
+
+    families = ("gpt2", "llama", "qwen2")
+    trio = [load_tiny(f) for f in families]
+    specs = [str(tiny_experts[f].path) for f in families]
+    mot = MixtureOfThoughts([m for m, _ in trio], [t for _, t in trio],
+                            MoTConfig(num_stacks=2, top_k=3, interaction_heads=4, dropout=0.0),
+                            expert_specs=specs, encoder=HashingEncoder(32), seed=0).eval()
+    directory = mot.save_pretrained(tmp_path / "mot-ckpt")
+    assert harness.model_kind(str(directory)) == "mot" and harness.model_kind(f"{directory}:full") == "mot"
+    contexts = ["The answer is", "x =", "def f(x):\n"]
+    pairs = [(c, cont) for c in contexts for cont in (" A", " 1 + 2")]
+    picks = dict(zip(contexts, mot.route(contexts).primary.tolist(), strict=True))
+    experts = [harness.MotLM(expert_scorer(m, t, f), progress=False) for (m, t), f in zip(trio, families, strict=True)]
+    expected = [experts[picks[c]].loglikelihood(_requests("loglikelihood", [(c, x)]))[0][0] for c, x in pairs]
+    for spec in (str(directory), f"{directory}:full"):
+        lm = harness.MotLM.from_spec(spec, progress=False)
+        got = [v for v, _ in lm.loglikelihood(_requests("loglikelihood", pairs))]
+        assert got == pytest.approx(expected, abs=1e-4), spec

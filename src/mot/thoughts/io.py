@@ -182,6 +182,11 @@ def from_pretrained(cls: type, directory: str | os.PathLike, experts: Sequence[A
                     f"{got[key]!r}, checkpoint has {record[key]!r}; load the experts it was trained with, in order")
     config = MoTConfig(**meta["config"])
     names = [s or r["spec"] for s, r in zip(specs, records, strict=True)]
+    recorded = str(meta.get("encoder", {}).get("name", ""))
+    if encoder is None and recorded.startswith("hashing-"):
+        from mot.thoughts.features import make_encoder
+
+        encoder = make_encoder(recorded)  # a hashing encoder is its name: rebuild the one it was trained with
     mot = cls([p[0] for p in pairs], [p[1] for p in pairs], config, expert_specs=names, encoder=encoder)
     if mot.encoder.dim != meta["encoder"]["dim"]:
         raise CheckpointError(f"{directory}: router features have dim {meta['encoder']['dim']} "
