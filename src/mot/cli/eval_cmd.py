@@ -185,7 +185,7 @@ def harness(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run lm-evaluation-harness's own evaluator on a mot model and print lm-eval's table (needs
-    `pip install 'mot[harness]'`)."""
+    `pip install 'mot\\[harness]'`)."""
     try:
         from mot.evaluation import harness as bridge
     except ImportError as e:  # a broken lm-eval install
@@ -421,8 +421,8 @@ def _babeltower_generate(pairs, checkpoint_path: str, *, split: str, params, use
 def train_router(
     method: str = typer.Option(..., "--method", help="routerdc (dual contrastive) | cluster (Avengers-style k-means)."),
     expert: list[str] = typer.Option(..., "--expert", "-e", help="Expert spec, repeatable, in routing order."),
-    train: list[str] = typer.Option(..., "--train", help="Training items: BENCH=PATH[@SPLIT], repeatable (default "
-                                                         "split: gsm8k train; mmlu/cmmlu test[train], the fixed "
+    train: list[str] = typer.Option(..., "--train", help="Training items: BENCH=PATH\\[@SPLIT], repeatable (default "
+                                                         "split: gsm8k train; mmlu/cmmlu test\\[train], the fixed "
                                                          "training part of the test split)."),
     output: Path = typer.Option(..., "--output", "-o", help="Router checkpoint directory (use it as --model in mot eval run)."),
     limit: int | None = typer.Option(None, "--limit", help="Training items per --train set, sampled across subjects."),
