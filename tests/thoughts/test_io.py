@@ -150,3 +150,42 @@ def test_a_binary_checkpoint_config_is_one_line(tmp_path):
     (tmp_path / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00garbage")
     with pytest.raises(CheckpointError, match=r"config.json: not a text file \(byte at offset 0 is not UTF-8\)"):
         MixtureOfThoughts.from_pretrained(tmp_path, experts=[])
+
+
+def test_cli_trust_remote_code_flag_is_per_call(make_mot, tiny_experts, tmp_path, monkeypatch, capsys):
+    """``mot --trust-remote-code`` loads an import-path router for that call only; without it, one line."""
+    import os
+    import sys
+
+    from mot.cli.main import main
+
+    marker = tmp_path / "imported"
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "h18_cli_router.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(marker)!r}).write_text('ran')\n"
+        "from mot.routing import ROUTERS\n"
+        "Router = type('Router', (ROUTERS['mlp'],), {})\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.delenv("MOT_TRUST_REMOTE_CODE", raising=False)
+    target = make_mot(randomise=True, seed=5).save_pretrained(tmp_path / "ckpt")
+    meta = json.loads((target / "config.json").read_text())
+    meta["config"]["router_type"] = meta["router"] = "h18_cli_router:Router"
+    cfg = meta["config"]
+    cfg["router_options"] = {"hidden_dim": cfg["router_hidden_dim"], "num_layers": cfg["router_layers"],
+                             "dropout": cfg["dropout"]}
+    (target / "config.json").write_text(json.dumps(meta))
+    experts = [arg for f in FAMILIES for arg in ("--expert", str(tiny_experts[f].path))]
+    route = ["thoughts", "route", "def add(a, b):", "--checkpoint", str(target), *experts]
+    capsys.readouterr()
+    assert main(route) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "an import path" in err and "mot --trust-remote-code" in err
+    assert not marker.exists() and "h18_cli_router" not in sys.modules
+    assert main(["--trust-remote-code", *route]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert marker.read_text() == "ran" and decision
+    assert "MOT_TRUST_REMOTE_CODE" not in os.environ  # for that call only
+    marker.unlink()
+    sys.modules.pop("h18_cli_router", None)
+    assert main(route) != 0 and not marker.exists()

@@ -60,10 +60,18 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code",
+        help="Load Mixture-of-Thoughts checkpoints whose router is an import path (that code runs): only for "
+             "checkpoints you trust.  Same as MOT_TRUST_REMOTE_CODE=1."),
 ) -> None:
     """mot: sparse top-k routing over language-model experts."""
     if debug:
         _state["debug"] = True
+    if trust_remote_code:
+        from mot.thoughts.io import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"  # for this call only: main() restores the environment
 
 
 def _register() -> None:
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     # Per call, not per process: tests and embedders call main() many times in one interpreter.
     _state["debug"] = bool(os.environ.get("MOT_DEBUG")) or "--debug" in args
+    trust_before = os.environ.get("MOT_TRUST_REMOTE_CODE")
     try:
         app(args=args, prog_name="mot")
         return 0
@@ -110,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             return 1
         return _fail(f"{type(e).__name__}: {' '.join(str(e).split())} (run with --debug for the traceback)", 1)
+    finally:
+        if trust_before is None:
+            os.environ.pop("MOT_TRUST_REMOTE_CODE", None)
+        else:
+            os.environ["MOT_TRUST_REMOTE_CODE"] = trust_before
 
 
 def run() -> None:

@@ -125,18 +125,29 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+TRUST_ENV = "MOT_TRUST_REMOTE_CODE"
+
+
+def trusts_remote_code() -> bool:
+    """Whether this process trusts import-path routers without ``trust_remote_code=True`` being passed:
+    ``MOT_TRUST_REMOTE_CODE=1`` (what ``mot --trust-remote-code ...`` sets for its one call)."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def check_router_trust(meta: dict[str, Any], path: Path, trust_remote_code: bool) -> None:
     """Refuse (before anything is imported or loaded) a checkpoint that names its router by import path,
-    unless the caller trusts it."""
+    unless the caller trusts it (``trust_remote_code=True``, or ``MOT_TRUST_REMOTE_CODE=1``)."""
     from mot.routing.registry import is_registered_router
 
+    trusted = trust_remote_code or trusts_remote_code()
     config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     for key, spec in (("config.router_type", config.get("router_type", "mlp")), ("router", meta.get("router"))):
-        if spec is None or is_registered_router(spec) or trust_remote_code:
+        if spec is None or is_registered_router(spec) or trusted:
             continue
         raise CheckpointError(
             f"{path}: {key} is {spec!r}, an import path: loading it would import and run that code; pass "
-            "trust_remote_code=True only if you trust this checkpoint (registered routers need no flag)")
+            "trust_remote_code=True (Python) or run `mot --trust-remote-code ...` only if you trust this "
+            "checkpoint (registered routers need no flag)")
 
 
 def from_pretrained(cls: type, directory: str | os.PathLike, experts: Sequence[Any] | None = None, *,
