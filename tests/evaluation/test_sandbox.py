@@ -403,3 +403,23 @@ def test_fallback_is_labelled_not_a_boundary_and_says_so_once(fallback_isolation
     assert "filesystem: host (NOT isolated)" in first.isolation
     warnings = [r.getMessage() for r in caplog.records if "NOT a security boundary" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+def test_namespaces_without_a_private_file_system_say_so_once(monkeypatch, caplog):
+    """As non-root (or where mounts are refused) unshare still isolates network and PIDs, but not the file
+    system: the label says host, and the first run logs one warning line naming what is not enforced."""
+    import dataclasses
+
+    real = sandbox._isolation()
+    if real.unshare_prefix is None:
+        pytest.skip("unshare is not usable here")
+    prefix = tuple(a for a in real.unshare_prefix if a not in ("--mount", "--mount-proc"))
+    monkeypatch.setattr(sandbox, "_isolation",
+                        lambda: dataclasses.replace(real, unshare_prefix=prefix, private_fs=False))
+    sandbox._warn_host_fs_once.cache_clear()
+    with caplog.at_level("WARNING", logger="mot.evaluation.sandbox"):
+        first = run_sandboxed("print(1)", timeout_s=10)
+        run_sandboxed("print(2)", timeout_s=10)
+    assert first.status == "ok" and "filesystem: host (NOT isolated)" in first.isolation
+    warnings = [r.getMessage() for r in caplog.records if "no private file system" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "max_disk_mb is not enforced" in warnings[0]

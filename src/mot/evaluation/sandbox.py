@@ -35,7 +35,8 @@ A private file system (root, with ``unshare --mount --mount-proc`` added)
     (plus ``/dev/nvidia*`` for ``gpu``); and a ``/proc`` of the new PID namespace. The host's files,
     processes, ``/tmp``, ``/dev/shm`` and the Unix sockets in them are not there, and everything the
     program wrote disappears with the namespace. Without it (``"filesystem: host (NOT isolated)"``)
-    world-readable host files and the world-writable ``/tmp`` and ``/dev/shm`` stay reachable.
+    world-readable host files and the world-writable ``/tmp`` and ``/dev/shm`` stay reachable, and the
+    first run logs one warning line saying so.
 Without ``unshare``
     No network namespace: for Python programs a ``sitecustomize``-style guard replaces
     ``socket.socket`` with one that raises (a Python-level guard, not a security boundary: ctypes
@@ -491,6 +492,8 @@ def run_sandboxed(
     iso = _isolation()
     if iso.unshare_prefix is None:
         _warn_fallback_once()
+    elif not iso.private_fs:
+        _warn_host_fs_once()
     files = {"main.py": code} if isinstance(code, str) else dict(code)
     guard = not network and iso.unshare_prefix is None and language == "python"
     if cmd is None:
@@ -652,6 +655,16 @@ def _warn_fallback_once() -> None:
     logging.getLogger(__name__).warning(
         "sandbox: unshare is not usable here, so model-written code runs with rlimits, a private uid (root "
         "only) and a Python socket guard: NOT a security boundary (host files, /proc and /tmp are visible)")
+
+
+@functools.cache
+def _warn_host_fs_once() -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "sandbox: no private file system here (it needs root and mount namespaces), so model-written code "
+        "sees the host's world-readable files, /tmp and /dev/shm, and max_disk_mb is not enforced; network, "
+        "PID namespace and rlimits still apply")
 
 
 def _read_all(fd: int) -> bytes:
