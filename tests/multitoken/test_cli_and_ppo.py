@@ -117,3 +117,24 @@ def test_composite_reward_scores_accuracy_order_efficiency_and_stop():
     # row 3: one right, two past the end of the reference -> stop 1/3
     assert reward[3].item() == pytest.approx(1 / 3 + 1 + 0.5 + 1 / 3)
     assert parts["accepted_tokens_per_pass"] == pytest.approx((3 + 1 + 1 + 2) / 4)
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage, not a torch file", "wrong structure"])
+def test_a_bad_ppo_state_is_one_line_and_kept(make_model, tmp_path, content):
+    from mot.errors import CheckpointError
+    from mot.multitoken import Example, train_ppo
+    from mot.multitoken.data import SequenceDataset
+
+    model = make_model("llama")
+    dataset = SequenceDataset([Example("q: ", "alpha beta gamma", 1), Example("r: ", "beta gamma", 1)],
+                              model.tokenizer, 32, eos_id=1)
+    dataset.set_greedy([torch.tensor([5, 6, 7]), torch.tensor([8, 9])])
+    state = tmp_path / "state.pt"
+    if isinstance(content, bytes):
+        state.write_bytes(content)
+    else:
+        torch.save({"step": 3}, state)  # another kind of state: no heads, no optimizer
+    before = state.read_bytes()
+    with pytest.raises(CheckpointError, match=r"state\.pt: not a PPO state this run can resume .*move it away") as err:
+        train_ppo(model, dataset, tmp_path, PPOConfig(steps=1))
+    assert "\n" not in str(err.value) and state.read_bytes() == before

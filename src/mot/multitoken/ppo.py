@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mot.errors import CheckpointError
 from mot.io import atomic_file
 from mot.multitoken.data import SequenceDataset, collate_sequences, read_tokens, step_targets
 from mot.multitoken.model import MultiTokenModel
@@ -134,11 +135,16 @@ def train_ppo(model: MultiTokenModel, dataset: SequenceDataset, run_dir: str | P
     step, history = 0, []
     state_file = run_dir / "state.pt"
     if state_file.is_file():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
-        torch.set_rng_state(state["rng"])
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+            heads.load_state_dict(state["heads"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, history = int(state["step"]), list(state["history"])
+            torch.set_rng_state(state["rng"])
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupted, another run's or another model's state
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise CheckpointError(f"{state_file}: not a PPO state this run can resume ({type(exc).__name__}: "
+                                  f"{reason}); move it away to start PPO over") from None
         log.info("PPO resumed at step %d from %s", step, state_file)
     pad = int(getattr(model.tokenizer, "pad_token_id", None) or 0)
     order = random.Random(cfg.seed)
