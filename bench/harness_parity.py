@@ -34,6 +34,7 @@ import torch
 from mot.data import load_benchmark
 from mot.evaluation import harness
 from mot.evaluation.runner import run_evaluation
+from mot.evaluation.scoring import argmax
 from mot.loading import ModelPool
 
 ROOT = Path(__file__).resolve().parent
@@ -52,12 +53,12 @@ def pick_subjects(files: list[Path], count: int) -> list[Path]:
 def compare(ours: dict[str, list[float]], theirs: dict[str, list[float]], answers: dict[str, int]) -> dict:
     ids = list(ours)
     assert set(ids) == set(theirs), "the two paths scored different items"
-    agree = [harness.argmax(ours[i]) == harness.argmax(theirs[i]) for i in ids]
+    agree = [argmax(ours[i]) == argmax(theirs[i]) for i in ids]
     diff = max(abs(a - b) for i in ids for a, b in zip(ours[i], theirs[i], strict=True))
     return {"items": len(ids), "agreement": sum(agree) / len(ids), "disagreements": [i for i, a in zip(ids, agree, strict=True) if not a],
             "max_abs_logprob_diff": diff,
-            "acc_ours": sum(harness.argmax(ours[i]) == answers[i] for i in ids) / len(ids),
-            "acc_theirs": sum(harness.argmax(theirs[i]) == answers[i] for i in ids) / len(ids)}
+            "acc_ours": sum(argmax(ours[i]) == answers[i] for i in ids) / len(ids),
+            "acc_theirs": sum(argmax(theirs[i]) == answers[i] for i in ids) / len(ids)}
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from mot.errors import UsageError  # noqa: E402
 from mot.evaluation import harness  # noqa: E402
 from mot.evaluation.routed import expert_scorer  # noqa: E402
 from mot.evaluation.runner import run_evaluation  # noqa: E402
+from mot.evaluation.scoring import argmax  # noqa: E402
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
@@ -70,7 +71,7 @@ def test_mot_eval_run_predictions_equal_lm_eval_hf(llama, hf_lm, tmp_path):
         assert len(theirs) == len(items) >= 2
         for doc_id, item in enumerate(items):
             record = ours[item.id]
-            assert record["pred"] == harness.argmax(theirs[doc_id]), item.id
+            assert record["pred"] == argmax(theirs[doc_id]), item.id
             assert record["logprobs"] == pytest.approx(theirs[doc_id], abs=1e-4), item.id
 
 
