@@ -89,7 +89,7 @@ def main() -> None:
     from mot.evaluation.routed import RoutedModel, vote_options
     from mot.evaluation.runner import DEFAULT_MC_STYLE, read_partial, run_evaluation
     from mot.generation import GenerationParams
-    from mot.loading import ModelPool
+    from mot.loading import ModelPool, spec_source
     from mot.routing.checkpoint import is_router_checkpoint, load_router, save_router
     from mot.thoughts.data import load_splits
     from mot.thoughts.features import make_encoder
@@ -154,13 +154,15 @@ def main() -> None:
         return route
 
     models = {spec: experts[spec] for spec in expert_specs}
-    if args.control is not None:
-        models.update(pool.models("control", str(args.control)))
-    if args.adapter is not None:
-        models.update(pool.models("adapter", str(args.adapter)))
-    models.update(mot_rows)
+    sources = {spec: spec_source(spec) for spec in expert_specs}  # a resume refuses rows whose weights changed
+    for label, path in (("control", args.control), ("adapter", args.adapter), ("mot", args.mot)):
+        if path is not None:
+            rows = mot_rows if label == "mot" else pool.models(label, str(path))
+            models.update(rows)
+            sources.update(dict.fromkeys(rows, spec_source(str(path))))
     for method, router in routers.items():
         models[method] = RoutedModel(method, route_with(router), [experts[s] for s in expert_specs])
+        sources[method] = spec_source(str(work / "routers" / method))
 
     # ---- evaluation, benchmark by benchmark (per-item files resume)
     table: dict[str, dict] = {}
@@ -177,7 +179,8 @@ def main() -> None:
         _log(f"{bench}: {len(items)} items x {len(bench_models)} rows")
         t0 = time.perf_counter()
         res = run_evaluation(bench, bench_models, items, work / "eval" / bench, batch_size=args.batch_size,
-                             params=params, progress=False, report=False)
+                             params=params, progress=False, report=False,
+                             sources={name: sources[name] for name in bench_models if name in sources})
         metric = res["primary_metric"]
         per_item = {}
         for name, entry in res["models"].items():

@@ -196,6 +196,40 @@ def moellama_model_dir(path: str | Path) -> Path | None:
     return directory if meta is not None and meta.get("model_type") == "moellama" else None
 
 
+_HASHED_BYTES = 64 << 20  # files up to this size are hashed whole; larger ones by name, size and mtime
+
+
+def spec_source(spec: str) -> str:
+    """What a model spec points at, for an evaluation that resumes: a local directory or file by its
+    contents (its ``checkpoint.json``, which records every file's SHA-256; else each file's bytes, or the
+    size and mtime of files over 64 MiB), anything else (an asset alias, a hub id) by the spec itself, plus
+    the ``:fast``/``:full`` mode.  So a row whose checkpoint was retrained in place, or whose label now names
+    other weights, is noticed; a checkpoint copied elsewhere keeps its source."""
+    import hashlib
+
+    path, mode = split_mode(spec)
+    where = Path(path).expanduser()
+    suffix = f":{mode}" if mode else ""
+    if not where.exists():
+        return spec
+    digest = hashlib.sha256()
+    record = where / "checkpoint.json"
+    if where.is_dir() and record.is_file():
+        digest.update(record.read_bytes())
+    else:
+        files = [where] if where.is_file() else sorted(f for f in where.rglob("*") if f.is_file())
+        for f in files:
+            stat = f.stat()
+            digest.update(f"{f.relative_to(where) if f != where else f.name}\0{stat.st_size}\0".encode())
+            if stat.st_size <= _HASHED_BYTES:
+                with open(f, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+            else:
+                digest.update(str(stat.st_mtime_ns).encode())
+    return f"sha256:{digest.hexdigest()[:16]}{suffix}"
+
+
 def spec_kind(spec: str | Path) -> str:
     """``"multitoken"``, ``"mot"``, ``"moellama"`` or ``"hf"`` (an expert spec) for a model spec."""
     if is_multitoken_checkpoint(spec):

@@ -266,3 +266,79 @@ def test_real_mixed_configs_load_and_differ_only_in_the_capacity_control():
     assert mot.data == control.data and mot.training == control.training
     assert {(s.name, s.split) for s in mot.data.sources} == {("gsm8k", "train"), ("mmlu", "test[train]"),
                                                              ("cmmlu", "test[train]")}
+
+
+def test_resume_refuses_a_row_whose_source_changed(tmp_path):
+    items = load_benchmark("mmlu", FIX / "mmlu")
+    first = run_evaluation("mmlu", {"a": HashScorer("a")}, items, tmp_path, batch_size=2, progress=False,
+                           report=False, sources={"a": "sha256:one"})
+    assert json.loads((tmp_path / "run.json").read_text())["models"] == {"a": "sha256:one"}
+    # same source: resumed, nothing scored again
+    again = HashScorer("a")
+    same = run_evaluation("mmlu", {"a": again}, items, tmp_path, batch_size=2, progress=False, report=False,
+                          sources={"a": "sha256:one"})
+    assert again.calls == 0 and same["models"] == first["models"]
+    # other weights under the same row name: one error naming the row, both sources and the ways out
+    other = HashScorer("b")
+    with pytest.raises(UsageError) as err:
+        run_evaluation("mmlu", {"a": other}, items, tmp_path, batch_size=2, progress=False, report=False,
+                       sources={"a": "sha256:two"})
+    message = str(err.value)
+    assert "'a'" in message and "sha256:one" in message and "sha256:two" in message and "--no-resume" in message
+    assert other.calls == 0
+    assert len((tmp_path / "partial" / f"{model_slug('a')}.jsonl").read_text().splitlines()) == len(items)
+    # --no-resume scores it again and records the new source; a new row beside it is fine
+    rescored = run_evaluation("mmlu", {"a": other, "c": HashScorer("c")}, items, tmp_path, batch_size=2,
+                              progress=False, report=False, resume=False, sources={"a": "sha256:two", "c": "x"})
+    assert other.calls > 0 and rescored["models"]["a"] != first["models"]["a"]
+    assert json.loads((tmp_path / "run.json").read_text())["models"] == {"a": "sha256:two", "c": "x"}
+    # a directory from before sources were recorded resumes and starts recording them
+    old = tmp_path / "old"
+    run_evaluation("mmlu", {"a": HashScorer("a")}, items, old, batch_size=2, progress=False, report=False)
+    assert "models" not in json.loads((old / "run.json").read_text())
+    resumed = HashScorer("a")
+    run_evaluation("mmlu", {"a": resumed}, items, old, batch_size=2, progress=False, report=False,
+                   sources={"a": "sha256:one"})
+    assert resumed.calls == 0 and json.loads((old / "run.json").read_text())["models"] == {"a": "sha256:one"}
+
+
+def test_spec_source_follows_the_weights_not_the_path(tmp_path):
+    import shutil
+
+    from mot.loading import spec_source
+
+    ckpt = tmp_path / "run" / "step-000010"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text('{"format": "mot-thoughts"}')
+    (ckpt / "trainable.safetensors").write_bytes(b"\x00" * 64)
+    before = spec_source(str(ckpt))
+    assert before.startswith("sha256:") and spec_source(str(ckpt) + ":full") == before + ":full"
+    shutil.copytree(ckpt, tmp_path / "copy")
+    assert spec_source(str(tmp_path / "copy")) == before  # moved or copied: the same weights
+    (ckpt / "trainable.safetensors").write_bytes(b"\x01" + b"\x00" * 63)  # retrained in place, same size
+    assert spec_source(str(ckpt)) != before
+    (ckpt / "checkpoint.json").write_text('{"files": {"trainable.safetensors": "ab"}}')  # the Trainer's record
+    recorded = spec_source(str(ckpt))
+    (ckpt / "trainable.safetensors").write_bytes(b"\x02" * 64)
+    assert spec_source(str(ckpt)) == recorded  # the record, not the bytes, when there is one
+    assert spec_source("smollm2-135m") == "smollm2-135m"  # aliases and hub ids are their own source
+
+
+def test_cli_resume_refuses_a_label_that_now_names_other_weights(tmp_path, tiny_experts, capsys):
+    from mot.cli.main import main
+
+    root = _synthetic_mmlu(tmp_path / "mmlu", subjects=2, per_subject=2)
+    out = tmp_path / "out"
+
+    def run(path):
+        return main(["eval", "run", "-b", "mmlu", "--data", str(root), "--model", f"m={path}", "-o", str(out),
+                     "--no-progress"])
+
+    assert run(tiny_experts["gpt2"].path) == 0
+    assert run(tiny_experts["gpt2"].path) == 0  # resumed
+    kept = (out / "partial" / f"{model_slug('m')}.jsonl").read_text()
+    capsys.readouterr()
+    assert run(tiny_experts["llama"].path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "row 'm' was scored with sha256:" in err[0] and "--no-resume" in err[0], err
+    assert (out / "partial" / f"{model_slug('m')}.jsonl").read_text() == kept  # nothing lost

@@ -102,7 +102,7 @@ def run(
     if temperature is None:
         temperature = 0.0 if num_samples == 1 else 0.8
     params = opts.generation_params(max_new_tokens, temperature, top_p=top_p, seed=seed, top_p_when_greedy=False)
-    from mot.loading import ModelPool
+    from mot.loading import ModelPool, spec_source
 
     labels = [parse_model_arg(m) for m in model]
     names = [label for label, _ in labels]
@@ -118,15 +118,17 @@ def run(
         typer.echo(f"--limit {limit}: {len(items)} items {how}{where} (seed {limit_seed})", err=True)
     pool = ModelPool(device=device, dtype=dtype, batch_size=batch_size, chat_template=chat_template, routed=routed)
     models: dict = {}
+    sources: dict[str, str] = {}
     for label, s in labels:
         for row, m in pool.models(label, s).items():
             if row in models:
                 raise UsageError(f"two --model arguments give a row named {row!r}; give them distinct labels")
             models[row] = m
+            sources[row] = spec_source(s)
     out = output_dir or Path("runs") / "eval" / spec.name
     results = run_evaluation(spec.name, models, items, out, batch_size=batch_size, params=params,
                              num_samples=num_samples, mc_style=mc_style, timeout_s=timeout, resume=resume,
-                             progress=progress,
+                             progress=progress, sources=sources,
                              selection=None if limit is None else {"limit": limit, "seed": None if first else limit_seed})
     print_table(results)
     typer.echo(f"results: {out / 'results.json'}  report: {out / 'report.md'}")

@@ -128,7 +128,8 @@ def run_evaluation(benchmark: str, models: Mapping[str, object], items: Sequence
                    ks: Sequence[int] = (1, 5, 10), mc_style: str | None = None, timeout_s: float = 10.0,
                    resume: bool = True, progress: bool = True, report: bool = True,
                    on_batch: Callable[[str, int], None] | None = None,
-                   selection: Mapping[str, Any] | None = None) -> dict:
+                   selection: Mapping[str, Any] | None = None,
+                   sources: Mapping[str, str] | None = None) -> dict:
     """Evaluate every model in ``models`` (name -> scorer/generator) on ``items`` of ``benchmark``.
 
     Returns the results dict also written to ``output_dir/results.json``.  ``params`` sets decoding
@@ -136,7 +137,9 @@ def run_evaluation(benchmark: str, models: Mapping[str, object], items: Sequence
     task give pass@k for every ``k`` in ``ks`` with ``k <= num_samples``.  ``resume=False`` discards
     earlier partial results in ``output_dir``.  ``on_batch(model_name, items_done)`` is called after
     each saved batch.  ``selection`` says how ``items`` were chosen (e.g. ``{"limit": 60, "seed": 1234}``);
-    it is kept in the results and the report, beside the number of items per subject.
+    it is kept in the results and the report, beside the number of items per subject.  ``sources`` says
+    what each row is (``mot.loading.spec_source``: a checkpoint by its contents); they are kept in
+    ``run.json``, and a resume refuses a row whose source changed (its saved items scored other weights).
     """
     spec = benchmark_spec(benchmark)
     task = spec.task
@@ -167,16 +170,34 @@ def run_evaluation(benchmark: str, models: Mapping[str, object], items: Sequence
     partial_dir = out / "partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
-    if resume and run_file.exists():
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        diff = [k for k in settings if previous.get(k) != settings[k]]
-        if diff:
-            raise UsageError(f"{run_file}: this directory holds a run with different {', '.join(diff)}; "
-                             "use another --output-dir or pass --no-resume to start over")
+    known: dict[str, str] = {}
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text(encoding="utf-8"))
+            known = dict(previous.get("models") or {})
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+            if resume:
+                raise UsageError(f"{run_file}: unreadable ({e}); use another --output-dir or pass --no-resume "
+                                 "to start over") from None
+            previous = {}
+        if resume:
+            diff = [k for k in settings if previous.get(k) != settings[k]]
+            if diff:
+                raise UsageError(f"{run_file}: this directory holds a run with different {', '.join(diff)}; "
+                                 "use another --output-dir or pass --no-resume to start over")
+            changed = [name for name, source in (sources or {}).items()
+                       if name in known and known[name] != source
+                       and (partial_dir / f"{model_slug(name)}.jsonl").exists()]
+            if changed:
+                name = changed[0]
+                raise UsageError(f"{run_file}: row {name!r} was scored with {known[name]} and now names "
+                                 f"{sources[name]} (other weights); use another --output-dir, another label, "
+                                 "or pass --no-resume to score it again")
     if not resume:
         for name in models:
             (partial_dir / f"{model_slug(name)}.jsonl").unlink(missing_ok=True)
-    _write_json(run_file, settings)
+    known.update(sources or {})
+    _write_json(run_file, {**settings, **({"models": dict(sorted(known.items()))} if known else {})})
 
     per_model: dict[str, dict[str, dict]] = {}
     position = {item_id: i for i, item_id in enumerate(ids)}
