@@ -41,11 +41,15 @@ def test_choose_draft_vocab_takes_the_most_frequent_targets_and_keeps_eos(make_m
     assert ids.tolist() == [1, *top]
 
 
-def test_batched_greedy_continuations_equal_generate_per_prompt(make_model):
+def test_batched_greedy_continuations_equal_generate_per_prompt(make_model, tmp_path):
     model = make_model("llama")
     examples = [Example(p, "x = 1\n" * (2 + i % 3), i + 1) for i, p in enumerate(PROMPTS[:6])]
     dataset = SequenceDataset(examples, model.tokenizer, 64, eos_id=sorted(model.eos_token_ids)[0])
-    continuations = greedy_continuations(model, dataset, batch_size=4)
+    cache = tmp_path / "greedy.safetensors"
+    continuations = greedy_continuations(model, dataset, batch_size=4, cache_file=cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["greedy.json", "greedy.safetensors"]  # no temporaries
+    cached = greedy_continuations(model, dataset, batch_size=4, cache_file=cache)
+    assert [c.tolist() for c in cached] == [c.tolist() for c in continuations]
     for item, continuation in zip(dataset.items, continuations, strict=True):
         budget = len(item["input_ids"]) - item["prompt_length"]
         prompt = model.tokenizer.decode(item["input_ids"][: item["prompt_length"]])

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mot.generation import GenerationParams
+from mot.io import write_text
 
 DEFAULT_PROMPTS = ("ROMEO:\n", "First Citizen:\nBefore we proceed", "To be, or not to be", "KING HENRY V:\n")
 WORDS = ("strawberry", "banana", "mississippi", "bookkeeper", "committee", "assessment", "parallel", "letter",
@@ -220,8 +221,8 @@ def evaluate_checkpoint(model_path, cfg, options: EvalOptions, output: Path | No
         "training": training_record(model_dir), "eval_seconds": time.perf_counter() - started,
     }
     figures = write_figures(model_dir, output.parent, output.stem, results)
-    output.write_text(render_report(results, figures), encoding="utf-8")
-    (output.parent / f"{output.stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_text(output, render_report(results, figures))
+    write_text(output.parent / f"{output.stem}.json", json.dumps(results, indent=2, default=str) + "\n")
     return EvalReport(output, metrics, results)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mot.errors import UsageError
+from mot.io import write_json
 from mot.moellama.config import MoeLlamaFileConfig
 
 logger = logging.getLogger("mot.moellama")
@@ -72,7 +73,7 @@ def build_tokenizer(cfg: MoeLlamaFileConfig, documents: list[str], directory: Pa
         logger.info("training a %d-token byte-level BPE on %d document(s)", vocab, len(documents))
         tokenizer = train_tokenizer(documents, vocab_size=vocab)
         tokenizer.save_pretrained(directory)
-        meta.write_text(json.dumps(wanted) + "\n")
+        write_json(meta, wanted, indent=None)
     if len(tokenizer) > cfg.model.vocab_size:
         raise UsageError(f"the tokenizer has {len(tokenizer)} tokens but model.vocab_size is {cfg.model.vocab_size}; "
                          "raise model.vocab_size or lower training.tokenizer_vocab_size")
@@ -195,6 +196,6 @@ def save_model(task, tokenizer, run_dir: Path, model_path: Path, summary: dict) 
     records = read_metrics(run_dir)
     rates = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
     summary["tokens_per_s"] = float(np.median(rates)) if rates else None
-    (model_path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(model_path / SUMMARY_FILE, summary)
     logger.info("saved the model to %s", model_path)
     return model_path

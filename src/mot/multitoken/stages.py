@@ -13,7 +13,6 @@ up to this one matched"), plus load-balancing, entropy and budget losses.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mot.io import atomic_file, write_json
 from mot.multitoken.data import SequenceDataset, chain_targets, collate_sequences, read_tokens, step_targets
 from mot.multitoken.model import MultiTokenModel, active_heads
 from mot.routing import budget_loss, entropy_loss, load_balancing_loss
@@ -366,9 +366,9 @@ def greedy_continuations(model: MultiTokenModel, dataset: SequenceDataset, *, ma
             out[i] = torch.tensor(tokens, dtype=torch.long)
     result = [out[i] for i in range(len(dataset))]
     if cache_file is not None:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        save_file({str(i): t for i, t in enumerate(result)}, str(cache_file))
-        (Path(cache_file).with_suffix(".json")).write_text(json.dumps({"examples": len(result)}))
+        with atomic_file(cache_file) as tmp:  # a kill mid-write leaves no torn cache for the next run to load
+            save_file({str(i): t for i, t in enumerate(result)}, str(tmp))
+        write_json(Path(cache_file).with_suffix(".json"), {"examples": len(result)}, indent=None, newline=False)
     return result
 
 
