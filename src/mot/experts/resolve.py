@@ -233,9 +233,6 @@ def is_offline(local_files_only: bool | None = None) -> bool:
                for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-_offline = is_offline  # older name, used by mot.cli.download_cmd
-
-
 def _in_hf_cache(hub_id: str) -> bool:
     return _hf_snapshot_dir(hub_id) is not None
 
