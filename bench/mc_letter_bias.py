@@ -6,7 +6,9 @@ then a row's accuracy is that letter's share of the gold answers, the oracle (be
 share of items whose gold letter some expert always says, and a router that "picks the right expert"
 picks a letter.  This script makes that visible next to the table, from the files the table already wrote:
 
-- per row: how often it answers each letter, and the share of its most common letter;
+- per row: how often it answers each letter, the share of its most common letter, and "its letters by chance":
+  the accuracy the same letter counts would have if the letter did not depend on the question
+  (sum over letters of answer share x gold share);
 - ``majority letter``: the most common gold letter among the *training* items of the run (the routers'
   training set, ``train/<bench>/partial``), answered for every evaluation item (a no-knowledge baseline
   chosen without looking at the evaluation items), with the paired bootstrap 95% CI of each row minus it;
@@ -64,7 +66,10 @@ def analyse(table: Path, *, resamples: int = 2000, constant_share: float = 0.95)
             counts = Counter(preds)
             top, top_n = counts.most_common(1)[0]
             acc = [float(recs[i]["scores"]["acc"]) for i in ids]
-            per_row[name] = {"answers": {LETTERS[k]: v for k, v in sorted(counts.items())},
+            gold_counts = Counter(gold)
+            # what its answers would score if its letter did not depend on the question (same letter counts)
+            chance = sum(n * gold_counts[k] for k, n in counts.items()) / len(ids) ** 2
+            per_row[name] = {"answers": {LETTERS[k]: v for k, v in sorted(counts.items())}, "letter_chance": chance,
                              "most_common": LETTERS[top], "most_common_share": top_n / len(ids),
                              "acc": sum(acc) / len(acc), "_acc": acc}
         experts = [n for n in results["models"] if ":" not in n and n not in ("routerdc", "cluster")
@@ -99,13 +104,13 @@ def markdown(result: dict) -> str:
                   f"{', '.join(entry['constant_experts']) or 'none'}; share of items whose gold letter one of them "
                   f"says: {100 * entry['letter_oracle']:.1f} (the oracle, best expert per item: "
                   f"{100 * entry['oracle']:.1f}).", "",
-                  "| row | acc | answers | most common (share) | row minus majority letter, points [95% CI] |",
-                  "|---|---:|---|---|---:|"]
+                  "| row | acc | its letters by chance | answers | most common (share) | row minus majority letter, points [95% CI] |",
+                  "|---|---:|---:|---|---|---:|"]
         for name, row in entry["rows"].items():
             ci = row.get("minus_majority_letter")
             diff = "" if ci is None else f"{100 * ci['diff']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
             answers = " ".join(f"{k}:{v}" for k, v in row["answers"].items())
-            lines.append(f"| {name} | {100 * row['acc']:.1f} | {answers} | {row['most_common']} "
+            lines.append(f"| {name} | {100 * row['acc']:.1f} | {100 * row['letter_chance']:.1f} | {answers} | {row['most_common']} "
                          f"({100 * row['most_common_share']:.0f}%) | {diff} |")
         lines.append("")
     return "\n".join(lines)

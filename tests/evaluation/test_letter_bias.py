@@ -39,3 +39,5 @@ def test_constant_letter_experts_make_the_oracle_a_letter_count(tmp_path):
     mot = entry["rows"]["mot:full"]
     assert mot["answers"] == {"A": 5, "B": 5, "C": 1, "D": 1} and mot["acc"] == 6 / 12
     assert abs(mot["minus_majority_letter"]["diff"] - 3 / 12) < 1e-9
+    assert abs(mot["letter_chance"] - (5 * 4 + 5 * 3 + 1 * 3 + 1 * 2) / 144) < 1e-9  # gold: A4 B3 C3 D2
+    assert entry["rows"]["a"]["letter_chance"] == entry["rows"]["a"]["acc"] == 4 / 12  # constant: chance is all
