@@ -34,31 +34,27 @@ sys.path.insert(0, str(ROOT / "src"))
 LETTERS = "ABCDEFGHIJ"
 
 
-def _records(path: Path) -> dict[str, dict]:
-    from mot.evaluation.runner import read_partial
-
-    return read_partial(path)
-
-
 def analyse(table: Path, *, resamples: int = 2000, constant_share: float = 0.95) -> dict:
     from mot.evaluation.metrics import paired_bootstrap_ci
+    from mot.evaluation.runner import read_partial
 
     out: dict = {"table": str(table), "constant_share": constant_share, "benchmarks": {}}
     for bench_dir in sorted(p for p in (table / "eval").iterdir() if (p / "results.json").is_file()):
         results = json.loads((bench_dir / "results.json").read_text(encoding="utf-8"))
         if results.get("task") != "multiple_choice":
             continue
-        rows = {name: _records(bench_dir / entry["partial_file"]) for name, entry in results["models"].items()}
+        rows = {name: read_partial(bench_dir / entry["partial_file"]) for name, entry in results["models"].items()}
         ids = sorted(set.intersection(*(set(r) for r in rows.values())))
         if not ids:
             continue
         first = next(iter(rows.values()))
         gold = [int(first[i]["answer"]) for i in ids]
+        gold_counts = Counter(gold)
         train_gold: Counter = Counter()
         train_dir = table / "train" / bench_dir.name / "partial"
         train_files = sorted(train_dir.glob("*.jsonl")) if train_dir.is_dir() else []
         if train_files:
-            train_gold.update(int(r["answer"]) for r in _records(train_files[0]).values())
+            train_gold.update(int(r["answer"]) for r in read_partial(train_files[0]).values())
         majority = train_gold.most_common(1)[0][0] if train_gold else None
         per_row = {}
         for name, recs in rows.items():
@@ -66,17 +62,15 @@ def analyse(table: Path, *, resamples: int = 2000, constant_share: float = 0.95)
             counts = Counter(preds)
             top, top_n = counts.most_common(1)[0]
             acc = [float(recs[i]["scores"]["acc"]) for i in ids]
-            gold_counts = Counter(gold)
             # what its answers would score if its letter did not depend on the question (same letter counts)
             chance = sum(n * gold_counts[k] for k, n in counts.items()) / len(ids) ** 2
             per_row[name] = {"answers": {LETTERS[k]: v for k, v in sorted(counts.items())}, "letter_chance": chance,
                              "most_common": LETTERS[top], "most_common_share": top_n / len(ids),
                              "acc": sum(acc) / len(acc), "_acc": acc}
-        experts = [n for n in results["models"] if ":" not in n and n not in ("routerdc", "cluster")
-                   and not n.startswith("cluster")]
+        experts = [n for n in results["models"] if ":" not in n and not n.startswith(("routerdc", "cluster"))]
         constant = {per_row[n]["most_common"] for n in experts if per_row[n]["most_common_share"] >= constant_share}
         letter_oracle = sum(LETTERS[g] in constant for g in gold) / len(ids)
-        entry = {"num_items": len(ids), "gold": {LETTERS[k]: v for k, v in sorted(Counter(gold).items())},
+        entry = {"num_items": len(ids), "gold": {LETTERS[k]: v for k, v in sorted(gold_counts.items())},
                  "training_gold": {LETTERS[k]: v for k, v in sorted(train_gold.items())},
                  "majority_letter": LETTERS[majority] if majority is not None else None,
                  "experts": experts, "constant_experts": sorted(constant),

@@ -207,6 +207,8 @@ def spec_source(spec: str) -> str:
     other weights, is noticed; a checkpoint copied elsewhere keeps its source."""
     import hashlib
 
+    from mot.io import sha256_file
+
     path, mode = split_mode(spec)
     where = Path(path).expanduser()
     suffix = f":{mode}" if mode else ""
@@ -221,12 +223,7 @@ def spec_source(spec: str) -> str:
         for f in files:
             stat = f.stat()
             digest.update(f"{f.relative_to(where) if f != where else f.name}\0{stat.st_size}\0".encode())
-            if stat.st_size <= _HASHED_BYTES:
-                with open(f, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-            else:
-                digest.update(str(stat.st_mtime_ns).encode())
+            digest.update((sha256_file(f) if stat.st_size <= _HASHED_BYTES else str(stat.st_mtime_ns)).encode())
     return f"sha256:{digest.hexdigest()[:16]}{suffix}"
 
 

@@ -120,11 +120,12 @@ def run(
     models: dict = {}
     sources: dict[str, str] = {}
     for label, s in labels:
+        source = spec_source(s)  # once per spec: a MoT checkpoint's two rows share it
         for row, m in pool.models(label, s).items():
             if row in models:
                 raise UsageError(f"two --model arguments give a row named {row!r}; give them distinct labels")
             models[row] = m
-            sources[row] = spec_source(s)
+            sources[row] = source
     out = output_dir or Path("runs") / "eval" / spec.name
     results = run_evaluation(spec.name, models, items, out, batch_size=batch_size, params=params,
                              num_samples=num_samples, mc_style=mc_style, timeout_s=timeout, resume=resume,

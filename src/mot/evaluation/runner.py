@@ -179,7 +179,6 @@ def run_evaluation(benchmark: str, models: Mapping[str, object], items: Sequence
             if resume:
                 raise UsageError(f"{run_file}: unreadable ({e}); use another --output-dir or pass --no-resume "
                                  "to start over") from None
-            previous = {}
         if resume:
             diff = [k for k in settings if previous.get(k) != settings[k]]
             if diff:
